@@ -1,0 +1,53 @@
+// Byte-level BPE tokenizer read from a Hugging Face `tokenizer.json` (Llama 3.x).
+//
+// Encode gives the ids Hugging Face `tokenizers` gives with add_special_tokens=False: special and
+// added tokens found in the text are matched first, the rest is split by the pre-tokenizer regex
+// (PCRE2, JIT) and merged by rank. Thread-safety: a Tokenizer is immutable after Load; Encode and
+// Decode may run concurrently.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace reflect {
+
+class Tokenizer {
+ public:
+  // Reads `<model_dir>/tokenizer.json` (and tokenizer_config.json when present).
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::filesystem::path& model_dir);
+  virtual ~Tokenizer() = default;
+
+  virtual std::vector<int32_t> Encode(std::string_view text) const = 0;
+  // Concatenated bytes of the tokens (special tokens included as their text). May hold partial
+  // UTF-8 at the ends; use StreamingDetokenizer for incremental text.
+  virtual std::string Decode(const std::vector<int32_t>& ids) const = 0;
+  // Raw bytes of one token; an error for an id outside the vocabulary.
+  virtual absl::StatusOr<std::string> TokenBytes(int32_t id) const = 0;
+  // The id of a special or regular token spelled exactly `token` (e.g. "<|eot_id|>").
+  virtual std::optional<int32_t> TokenId(std::string_view token) const = 0;
+  virtual int32_t vocab_size() const = 0;  // including added tokens
+};
+
+// Turns a stream of ids into text deltas that never end inside a UTF-8 character: bytes of an
+// incomplete character are held until the character completes. Not thread-safe (one per stream).
+class StreamingDetokenizer {
+ public:
+  explicit StreamingDetokenizer(const Tokenizer& tokenizer) : tokenizer_(tokenizer) {}
+  // The complete characters that `id` finishes (maybe empty).
+  std::string Push(int32_t id);
+  // Whatever is still held at the end of the stream (invalid bytes become U+FFFD).
+  std::string Flush();
+
+ private:
+  const Tokenizer& tokenizer_;
+  std::string pending_;
+};
+
+}  // namespace reflect

@@ -1,0 +1,47 @@
+// StepPlan: everything a rank needs to run one engine iteration (DESIGN §3). Plain data, produced
+// by the leader's scheduler, consumed by every rank's Backend. StepResult goes back to the leader.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace reflect {
+
+// One sequence's share of a step: a prefill chunk, or the single last token of a decode.
+struct ScheduledSequence {
+  int64_t sequence_id = 0;
+  // The tokens to run now; their positions are start_position, start_position + 1, ...
+  std::vector<int32_t> token_ids;
+  // Tokens of this sequence already in the KV cache (= position of token_ids[0]).
+  int64_t start_position = 0;
+  // Physical KV block ids for logical blocks 0, 1, ...; covers positions
+  // [0, start_position + token_ids.size()). Block size is fixed per engine.
+  std::vector<int32_t> block_table;
+  // True when the step must return logits for the last of token_ids (the last prefill chunk,
+  // or a decode); false for a non-final prefill chunk.
+  bool needs_logits = true;
+};
+
+// Copy one physical KV block to another (copy-on-write), applied before the forward pass.
+struct BlockCopy {
+  int32_t source_block = 0;
+  int32_t destination_block = 0;
+};
+
+struct StepPlan {
+  std::vector<BlockCopy> block_copies;
+  std::vector<ScheduledSequence> sequences;
+};
+
+// The sampled outcome for one sequence that needed logits.
+struct SampledToken {
+  int64_t sequence_id = 0;
+  int32_t token_id = 0;
+  float logprob = 0.0f;  // log-softmax of the chosen token under the processed distribution
+};
+
+struct StepResult {
+  std::vector<SampledToken> tokens;
+};
+
+}  // namespace reflect

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs every dependency reflect needs on a fresh Debian bookworm machine.
+# Idempotent: packages already present are skipped by apt; safe to run repeatedly.
+# Usage: tools/install-deps.sh [--with-references]
+#   --with-references  also pip-installs the Python reference stacks (tokenizers,
+#                      transformers, torch) used only to regenerate test fixtures.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+APT_PACKAGES=(
+  build-essential cmake ninja-build pkg-config clang-format
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libabsl-dev prometheus-cpp-dev libgloo-dev libpcre2-dev nlohmann-json3-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libdnnl-dev
+  python3 python3-numpy
+)
+
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$package")
+  fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ "${1:-}" = "--with-references" ]; then
+  python3 -m pip install --quiet tokenizers transformers safetensors numpy torch
+fi

@@ -1,0 +1,23 @@
+// Picks the next token from one row of logits (DESIGN §6): penalties, temperature, top-k, top-p,
+// min-p, then a draw whose uniform random number is a pure function of (seed, position), so a
+// request gives the same tokens alone, batched, or replayed on another replica.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "common/sampling_params.h"
+#include "scheduler/step_plan.h"
+
+namespace reflect {
+
+// The uniform number in [0, 1) for the token at `position` of a request seeded with `seed`.
+double SamplingUniform(uint64_t seed, int64_t position);
+
+// `logits` is modified in place (it is scratch). `prompt_ids` and `generated_ids` feed the
+// penalties; `position` is the position the sampled token will take.
+SampledToken SampleToken(std::span<float> logits, const SamplingParams& params,
+                         std::span<const int32_t> prompt_ids,
+                         std::span<const int32_t> generated_ids, int64_t position);
+
+}  // namespace reflect
