@@ -1,0 +1,35 @@
+// The CPU backend (DESIGN §6): the embedded default and the oracle for every CUDA kernel.
+//
+// Batch invariant: a sequence's logits are bit-identical whether it runs alone or inside any
+// batch, and however its prompt is split into prefill chunks. Every reduction (matmul rows,
+// attention over keys, norms) runs in an order fixed per row and per query position; threads
+// split work only across independent outputs.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "common/model_config.h"
+#include "worker/backend.h"
+#include "worker/checkpoint.h"
+
+namespace reflect {
+
+struct CpuBackendOptions {
+  int64_t num_kv_blocks = 1024;
+  int64_t block_size = 16;  // tokens per KV block
+  int num_threads = 0;      // 0: one per core
+};
+
+// Loads config.json and the safetensors of `model_dir` and builds a backend over them.
+absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const std::filesystem::path& model_dir,
+                                                          const CpuBackendOptions& options);
+
+// Builds a backend over an opened checkpoint, which it keeps alive.
+absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(
+    std::shared_ptr<const Checkpoint> checkpoint, const ModelConfig& config,
+    const CpuBackendOptions& options);
+
+}  // namespace reflect
