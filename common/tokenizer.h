@@ -20,7 +20,9 @@ namespace reflect {
 
 class Tokenizer {
  public:
-  // Reads `<model_dir>/tokenizer.json` (and tokenizer_config.json when present).
+  // Reads `<model_dir>/tokenizer.json` (byte-level BPE; other model types, normalizers and
+  // pre-tokenizers are refused with UNIMPLEMENTED). tokenizer_config.json is not needed: its
+  // chat template is rendered natively by chat_template.h.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::filesystem::path& model_dir);
   virtual ~Tokenizer() = default;
 

@@ -2,4 +2,5 @@
 
 #include "absl/flags/flag.h"
 
-ABSL_FLAG(std::string, model, "", "Hugging Face model directory (config.json, safetensors, tokenizer)");
+ABSL_FLAG(std::string, model, "",
+          "Hugging Face model directory (config.json, safetensors, tokenizer)");
