@@ -14,6 +14,13 @@ namespace reflect {
 // The uniform number in [0, 1) for the token at `position` of a request seeded with `seed`.
 double SamplingUniform(uint64_t seed, int64_t position);
 
+// The first stage of SampleToken, exposed for tests: repetition penalty (Hugging Face: each
+// distinct token of prompt + generated, logit > 0 ? logit / p : logit * p), then frequency and
+// presence penalties (OpenAI: over generated tokens, logit -= count * frequency + presence).
+// Ids outside [0, logits.size()) are ignored.
+void ApplyPenalties(std::span<float> logits, const SamplingParams& params,
+                    std::span<const int32_t> prompt_ids, std::span<const int32_t> generated_ids);
+
 // `logits` is modified in place (it is scratch). `prompt_ids` and `generated_ids` feed the
 // penalties; `position` is the position the sampled token will take.
 SampledToken SampleToken(std::span<float> logits, const SamplingParams& params,

@@ -1,0 +1,254 @@
+// `reflect bench --model DIR [--batch_sizes 1,8,32] [--prompt_tokens 128] [--decode_tokens 32]`:
+// CPU backend throughput, driving Backend::Forward with plain StepPlans.
+//
+//   prefill: one prompt of --prompt_tokens tokens in one forward pass; tokens/s = N / time
+//            (the median of three timed runs, after one warm-up run).
+//   decode:  for each batch size B, B sequences with prompts of --prompt_tokens tokens (prefilled
+//            untimed), one warm-up step, then --decode_tokens steps of B one-token decodes;
+//            tokens/s = B x steps / time. Model forward only: sampling is not timed.
+//
+// Token ids are random with a fixed seed, so runs are comparable. Prints a table, or with
+// --json one JSON object. Exit codes: 0 done, 2 bad flags or model, 1 a failure while running.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/flags/declare.h"
+#include "absl/flags/flag.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/model_config.h"
+#include "common/status_macros.h"
+#include "kvcache/block_allocator.h"
+#include "nlohmann/json.hpp"
+#include "scheduler/step_plan.h"
+#include "tools/reflect/command.h"
+#include "tools/reflect/common_flags.h"
+#include "worker/cpu/cpu_backend.h"
+
+ABSL_FLAG(std::string, batch_sizes, "1,8,32", "bench: decode batch sizes, comma separated");
+ABSL_FLAG(int64_t, prompt_tokens, 128, "bench: prompt length for prefill and before decoding");
+ABSL_FLAG(int64_t, decode_tokens, 32, "bench: timed decode steps per batch size");
+ABSL_DECLARE_FLAG(bool, json);  // defined with the generate command
+
+namespace reflect::cli {
+namespace {
+
+constexpr int kBadInput = 2;
+constexpr int kFailure = 1;
+constexpr uint64_t kTokenSeed = 20240905;
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// One benchmark sequence: its blocks and how many of its tokens are in the KV cache.
+struct BenchSequence {
+  std::vector<int32_t> block_table;
+  int64_t num_cached_tokens = 0;
+};
+
+// Runs the backend over hand-built plans, taking blocks from a BlockAllocator sized to it.
+class BenchDriver {
+ public:
+  BenchDriver(Backend& backend, uint64_t seed)
+      : backend_(backend),
+        allocator_(static_cast<int32_t>(backend.num_kv_blocks())),
+        random_(seed),
+        token_distribution_(0, static_cast<int32_t>(backend.vocab_size() - 1)) {}
+
+  // A sequence with blocks for `max_length` tokens.
+  absl::StatusOr<BenchSequence> NewSequence(int64_t max_length) {
+    BenchSequence sequence;
+    const int64_t num_blocks = (max_length + backend_.block_size() - 1) / backend_.block_size();
+    for (int64_t index = 0; index < num_blocks; ++index) {
+      REFLECT_ASSIGN_OR_RETURN(const int32_t block, allocator_.Allocate());
+      sequence.block_table.push_back(block);
+    }
+    return sequence;
+  }
+
+  void Free(BenchSequence& sequence) {
+    for (int32_t block : sequence.block_table) allocator_.Release(block);
+    sequence.block_table.clear();
+  }
+
+  // One forward pass that appends `num_tokens` random tokens to each of `sequences`.
+  absl::Status Step(std::vector<BenchSequence>& sequences, int64_t num_tokens) {
+    StepPlan plan;
+    for (size_t index = 0; index < sequences.size(); ++index) {
+      BenchSequence& sequence = sequences[index];
+      ScheduledSequence& scheduled = plan.sequences.emplace_back();
+      scheduled.sequence_id = static_cast<int64_t>(index);
+      for (int64_t count = 0; count < num_tokens; ++count) {
+        scheduled.token_ids.push_back(token_distribution_(random_));
+      }
+      scheduled.start_position = sequence.num_cached_tokens;
+      scheduled.block_table = sequence.block_table;
+      scheduled.needs_logits = true;
+      sequence.num_cached_tokens += num_tokens;
+    }
+    return backend_.Forward(plan, logits_);
+  }
+
+ private:
+  Backend& backend_;
+  BlockAllocator allocator_;
+  std::mt19937_64 random_;
+  std::uniform_int_distribution<int32_t> token_distribution_;
+  std::vector<float> logits_;
+};
+
+struct DecodeFigures {
+  int64_t batch_size = 0;
+  double tokens_per_second = 0.0;
+  double seconds_per_step = 0.0;
+};
+
+absl::StatusOr<double> MeasurePrefill(BenchDriver& driver, int64_t prompt_tokens) {
+  std::vector<double> seconds;
+  for (int run = 0; run < 4; ++run) {
+    REFLECT_ASSIGN_OR_RETURN(BenchSequence sequence, driver.NewSequence(prompt_tokens));
+    std::vector<BenchSequence> batch = {std::move(sequence)};
+    const Clock::time_point start = Clock::now();
+    const absl::Status status = driver.Step(batch, prompt_tokens);
+    const double elapsed = SecondsSince(start);
+    driver.Free(batch[0]);
+    REFLECT_RETURN_IF_ERROR(status);
+    if (run > 0) seconds.push_back(elapsed);  // run 0 is the warm-up
+  }
+  std::sort(seconds.begin(), seconds.end());
+  return static_cast<double>(prompt_tokens) / seconds[seconds.size() / 2];
+}
+
+absl::StatusOr<DecodeFigures> MeasureDecode(BenchDriver& driver, int64_t batch_size,
+                                            int64_t prompt_tokens, int64_t decode_tokens) {
+  std::vector<BenchSequence> batch;
+  absl::Status status;
+  for (int64_t index = 0; index < batch_size && status.ok(); ++index) {
+    absl::StatusOr<BenchSequence> sequence = driver.NewSequence(prompt_tokens + decode_tokens + 1);
+    if (!sequence.ok()) {
+      status = sequence.status();
+      break;
+    }
+    std::vector<BenchSequence> single = {*std::move(sequence)};
+    status = driver.Step(single, prompt_tokens);
+    batch.push_back(std::move(single[0]));
+  }
+  DecodeFigures figures{.batch_size = batch_size};
+  if (status.ok()) status = driver.Step(batch, 1);  // warm-up
+  const Clock::time_point start = Clock::now();
+  for (int64_t step = 0; step < decode_tokens && status.ok(); ++step)
+    status = driver.Step(batch, 1);
+  const double elapsed = SecondsSince(start);
+  for (BenchSequence& sequence : batch) driver.Free(sequence);
+  REFLECT_RETURN_IF_ERROR(status);
+  figures.seconds_per_step = elapsed / static_cast<double>(decode_tokens);
+  figures.tokens_per_second = static_cast<double>(batch_size * decode_tokens) / elapsed;
+  return figures;
+}
+
+int Fail(const std::string& message, int exit_code) {
+  std::fprintf(stderr, "reflect bench: %s\n", message.c_str());
+  return exit_code;
+}
+
+int RunBench(const std::vector<char*>& positional_args) {
+  if (!positional_args.empty()) {
+    return Fail(absl::StrCat("unexpected argument '", positional_args.front(), "'"), kBadInput);
+  }
+  const std::string model = absl::GetFlag(FLAGS_model);
+  if (model.empty()) return Fail("--model DIR is required", kBadInput);
+  const int64_t prompt_tokens = absl::GetFlag(FLAGS_prompt_tokens);
+  const int64_t decode_tokens = absl::GetFlag(FLAGS_decode_tokens);
+  if (prompt_tokens < 1 || decode_tokens < 1) {
+    return Fail("--prompt_tokens and --decode_tokens must be at least 1", kBadInput);
+  }
+  std::vector<int64_t> batch_sizes;
+  for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_batch_sizes), ',')) {
+    int64_t batch_size = 0;
+    if (!absl::SimpleAtoi(part, &batch_size) || batch_size < 1) {
+      return Fail(
+          absl::StrCat("--batch_sizes: '", std::string(part), "' is not a positive integer"),
+          kBadInput);
+    }
+    batch_sizes.push_back(batch_size);
+  }
+  const absl::StatusOr<ModelDirectoryConfig> config = LoadModelConfig(model);
+  if (!config.ok()) return Fail(config.status().ToString(), kBadInput);
+  const int64_t max_length = prompt_tokens + decode_tokens + 1;
+  if (config->model.max_position_embeddings > 0 &&
+      max_length > config->model.max_position_embeddings) {
+    return Fail(absl::StrCat("--prompt_tokens + --decode_tokens + 1 = ", max_length,
+                             " exceeds the context length ", config->model.max_position_embeddings),
+                kBadInput);
+  }
+
+  CpuBackendOptions options;
+  options.num_threads = absl::GetFlag(FLAGS_threads);
+  const int64_t blocks_per_sequence = (max_length + options.block_size - 1) / options.block_size;
+  options.num_kv_blocks =
+      blocks_per_sequence *
+      std::max<int64_t>(1, *std::max_element(batch_sizes.begin(), batch_sizes.end()));
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCpuBackend(model, options);
+  if (!backend.ok()) return Fail(backend.status().ToString(), kFailure);
+  BenchDriver driver(**backend, kTokenSeed);
+
+  const absl::StatusOr<double> prefill = MeasurePrefill(driver, prompt_tokens);
+  if (!prefill.ok()) return Fail(prefill.status().ToString(), kFailure);
+  std::vector<DecodeFigures> decodes;
+  for (int64_t batch_size : batch_sizes) {
+    absl::StatusOr<DecodeFigures> figures =
+        MeasureDecode(driver, batch_size, prompt_tokens, decode_tokens);
+    if (!figures.ok()) return Fail(figures.status().ToString(), kFailure);
+    decodes.push_back(*figures);
+  }
+
+  const ModelConfig& shape = config->model;
+  if (absl::GetFlag(FLAGS_json)) {
+    nlohmann::json decode_json = nlohmann::json::array();
+    for (const DecodeFigures& figures : decodes) {
+      decode_json.push_back({{"batch_size", figures.batch_size},
+                             {"tokens_per_second", figures.tokens_per_second},
+                             {"seconds_per_step", figures.seconds_per_step}});
+    }
+    const nlohmann::json report = {{"model", model},
+                                   {"num_hidden_layers", shape.num_hidden_layers},
+                                   {"hidden_size", shape.hidden_size},
+                                   {"vocab_size", shape.vocab_size},
+                                   {"prompt_tokens", prompt_tokens},
+                                   {"decode_tokens", decode_tokens},
+                                   {"prefill_tokens_per_second", *prefill},
+                                   {"decode", decode_json}};
+    std::printf("%s\n", report.dump().c_str());
+    return 0;
+  }
+  std::printf("model %s: %lld layers, hidden %lld, vocab %lld\n", model.c_str(),
+              static_cast<long long>(shape.num_hidden_layers),
+              static_cast<long long>(shape.hidden_size), static_cast<long long>(shape.vocab_size));
+  std::printf("prefill  %lld tokens: %10.1f tokens/s\n", static_cast<long long>(prompt_tokens),
+              *prefill);
+  std::printf("%-8s %14s %12s\n", "batch", "decode tok/s", "ms/step");
+  for (const DecodeFigures& figures : decodes) {
+    std::printf("%-8lld %14.1f %12.2f\n", static_cast<long long>(figures.batch_size),
+                figures.tokens_per_second, figures.seconds_per_step * 1e3);
+  }
+  return 0;
+}
+
+const CommandRegistration kRegistration({"bench",
+                                         "prefill and decode throughput of the CPU backend",
+                                         &RunBench});
+
+}  // namespace
+}  // namespace reflect::cli
