@@ -4,7 +4,7 @@ JOBS ?= $(shell nproc)
 DEMO_MODEL ?= models/tiny
 REFLECT := $(BUILD_DIR)/tools/reflect/reflect
 
-.PHONY: deps build run test bench format clean demo-model
+.PHONY: deps build run test bench bench-llamacpp format clean demo-model
 
 deps:
 	@tools/install-deps.sh
@@ -35,3 +35,9 @@ format:
 
 clean:
 	rm -rf $(BUILD_DIR)
+
+# reflect vs llama.cpp on the same 1b bf16 weights (installs llama-cpp-python: a long build).
+bench-llamacpp: build
+	python3 -c "import llama_cpp, gguf" 2>/dev/null || python3 -m pip install --quiet gguf llama-cpp-python
+	test -f models/1b/config.json || $(REFLECT) mkmodel --preset 1b --dtype bf16 --out models/1b
+	python3 tools/bench/compare_llamacpp.py --reflect $(REFLECT) --model models/1b

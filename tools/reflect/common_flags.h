@@ -1,8 +1,10 @@
 // Flags shared by several subcommands (absl flags are global to the binary).
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "absl/flags/declare.h"
 
 ABSL_DECLARE_FLAG(std::string, model);  // a Hugging Face model directory
+ABSL_DECLARE_FLAG(int32_t, threads);    // engine threads; 0: one per core

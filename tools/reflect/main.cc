@@ -1,7 +1,9 @@
 // `reflect <command> [flags]`: the one command-line entry point (mkmodel, tokenize, generate,
 // bench, ...). See command.h for how subcommands plug in.
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -17,13 +19,31 @@ std::vector<Command>& MutableCommands() {
   return commands;
 }
 
+// absl spells flags with underscores; users may write dashes (--max-tokens). Rewrites the name
+// part of every "--name[=value]" argument before the first bare "--".
+void NormalizeFlagNames(std::vector<char*>& args, std::vector<std::string>& storage) {
+  storage.reserve(args.size());
+  for (char*& arg : args) {
+    const std::string_view text = arg;
+    if (text == "--") return;
+    if (!text.starts_with("--")) continue;
+    std::string normalized(text);
+    const size_t name_end = std::min(normalized.find('='), normalized.size());
+    std::replace(normalized.begin() + 2, normalized.begin() + name_end, '-', '_');
+    storage.push_back(std::move(normalized));
+    arg = storage.back().data();
+  }
+}
+
 void PrintUsage() {
   std::fprintf(stderr, "usage: reflect <command> [--flags]\n\ncommands:\n");
   for (const Command& command : RegisteredCommands()) {
     std::fprintf(stderr, "  %-10s %.*s\n", std::string(command.name).c_str(),
                  static_cast<int>(command.summary.size()), command.summary.data());
   }
-  std::fprintf(stderr, "\n`reflect <command> --help` lists the flags.\n");
+  std::fprintf(
+      stderr,
+      "\n`reflect <command> --help` lists the flags; --a-flag and --a_flag are the same.\n");
 }
 
 }  // namespace
@@ -49,6 +69,8 @@ int main(int argc, char** argv) {
     // Parse flags as if the subcommand were the program: argv[0] stays, argv[1] goes.
     std::vector<char*> args(argv, argv + argc);
     args.erase(args.begin() + 1);
+    std::vector<std::string> normalized_storage;
+    reflect::cli::NormalizeFlagNames(args, normalized_storage);
     std::vector<char*> positional =
         absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
     positional.erase(positional.begin());  // program name
