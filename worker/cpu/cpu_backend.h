@@ -14,6 +14,7 @@
 #include "common/model_config.h"
 #include "worker/backend.h"
 #include "worker/checkpoint.h"
+#include "worker/llama_weights.h"
 
 namespace reflect {
 
@@ -31,5 +32,14 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const std::filesystem:
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(
     std::shared_ptr<const Checkpoint> checkpoint, const ModelConfig& config,
     const CpuBackendOptions& options);
+
+// Builds a backend over weights already in memory (what the loaders above end in; tests and
+// benchmarks call it with tensors they own). Every matrix is repacked into memory the backend
+// owns, so those views may die after the call — except embed_tokens, whose rows are read in
+// place at every step: `weights_owner` is kept alive for it (null when the caller guarantees
+// embed_tokens outlives the backend). Shapes are checked against `config` (INVALID_ARGUMENT).
+absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackendFromWeights(
+    const ModelConfig& config, const LlamaWeights& weights, const CpuBackendOptions& options,
+    std::shared_ptr<const void> weights_owner);
 
 }  // namespace reflect
