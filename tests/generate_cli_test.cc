@@ -1,6 +1,5 @@
 // Runs the real `reflect generate` binary against the generated tiny model, and checks it against
 // the Generator run in-process over the CPU backend.
-#include <sys/wait.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -10,12 +9,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "common/model_config.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/support/process.h"
 #include "tests/support/test_paths.h"
 #include "worker/cpu/cpu_backend.h"
 #include "worker/generator.h"
@@ -26,39 +25,8 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::SizeIs;
 
-struct ProcessOutput {
-  int exit_code = -1;
-  std::string standard_output;
-  std::string standard_error;
-};
-
-std::string ShellQuote(const std::string& argument) {
-  return absl::StrCat("'", absl::StrReplaceAll(argument, {{"'", "'\\''"}}), "'");
-}
-
-std::string ReadFile(const std::filesystem::path& path) {
-  std::ifstream file(path);
-  return std::string(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>());
-}
-
-ProcessOutput RunGenerate(const std::vector<std::string>& arguments) {
-  const std::filesystem::path error_path =
-      std::filesystem::path(::testing::TempDir()) / "generate_cli_stderr.txt";
-  std::string command = absl::StrCat(ShellQuote(testing::ReflectBinary().string()), " generate");
-  for (const std::string& argument : arguments)
-    absl::StrAppend(&command, " ", ShellQuote(argument));
-  absl::StrAppend(&command, " 2>", ShellQuote(error_path.string()));
-  ProcessOutput output;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return output;
-  char buffer[4096];
-  for (size_t read; (read = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0;) {
-    output.standard_output.append(buffer, read);
-  }
-  const int status = pclose(pipe);
-  output.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  output.standard_error = ReadFile(error_path);
-  return output;
+testing::ProcessResult RunGenerate(const std::vector<std::string>& arguments) {
+  return testing::RunReflect("generate", arguments);
 }
 
 std::string TinyModel() { return testing::TestModelPath("tiny").string(); }
@@ -76,7 +44,7 @@ std::vector<int32_t> Ids(const nlohmann::json& line) {
 }
 
 TEST(GenerateCliTest, JsonLineHasIdsTextAndFinishReason) {
-  const ProcessOutput output =
+  const testing::ProcessResult output =
       RunGenerate({"--model", TinyModel(), "--prompt_ids", "128000,9906,1917", "--max_tokens", "6",
                    "--ignore_eos", "--json"});
   ASSERT_EQ(output.exit_code, 0) << output.standard_error;
@@ -89,7 +57,7 @@ TEST(GenerateCliTest, JsonLineHasIdsTextAndFinishReason) {
 
 TEST(GenerateCliTest, GreedyOutputEqualsTheInProcessGenerator) {
   const std::vector<int32_t> prompt = {128000, 791, 6460, 374, 6437};
-  const ProcessOutput output =
+  const testing::ProcessResult output =
       RunGenerate({"--model", TinyModel(), "--prompt_ids", "128000,791,6460,374,6437",
                    "--max_tokens", "10", "--json"});
   ASSERT_EQ(output.exit_code, 0) << output.standard_error;
@@ -112,7 +80,7 @@ TEST(GenerateCliTest, GreedyOutputEqualsTheInProcessGenerator) {
 
 TEST(GenerateCliTest, SeedMakesSamplingReproducible) {
   auto sample = [](const std::string& seed) {
-    const ProcessOutput output =
+    const testing::ProcessResult output =
         RunGenerate({"--model", TinyModel(), "--prompt", "The sky is", "--temperature", "1.0",
                      "--seed", seed, "--max_tokens", "12", "--ignore_eos", "--json"});
     EXPECT_EQ(output.exit_code, 0) << output.standard_error;
@@ -127,20 +95,20 @@ TEST(GenerateCliTest, SeedMakesSamplingReproducible) {
 
 TEST(GenerateCliTest, PromptsFileRunsOneBatchWithTheSameOutputsAsSinglePrompts) {
   const std::filesystem::path prompts =
-      std::filesystem::path(::testing::TempDir()) / "generate_cli_prompts.jsonl";
+      testing::MakeTestDirectory("generate-cli") / "prompts.jsonl";
   const std::vector<std::string> texts = {"Hello", "Why is the sky blue?", "1, 2, 3,"};
   {
     std::ofstream file(prompts);
     for (const std::string& text : texts) file << nlohmann::json(text).dump() << "\n";
   }
-  const ProcessOutput batch =
+  const testing::ProcessResult batch =
       RunGenerate({"--model", TinyModel(), "--prompts_file", prompts.string(), "--chat",
                    "--temperature", "0.8", "--seed", "3", "--max_tokens", "8", "--json"});
   ASSERT_EQ(batch.exit_code, 0) << batch.standard_error;
   const std::vector<nlohmann::json> lines = JsonLines(batch.standard_output);
   ASSERT_THAT(lines, SizeIs(texts.size()));
   for (size_t index = 0; index < texts.size(); ++index) {
-    const ProcessOutput single =
+    const testing::ProcessResult single =
         RunGenerate({"--model", TinyModel(), "--prompt", texts[index], "--chat", "--temperature",
                      "0.8", "--seed", "3", "--max_tokens", "8", "--json"});
     ASSERT_EQ(single.exit_code, 0) << single.standard_error;
@@ -151,7 +119,7 @@ TEST(GenerateCliTest, PromptsFileRunsOneBatchWithTheSameOutputsAsSinglePrompts) 
 }
 
 TEST(GenerateCliTest, TextModeStreamsTextAndReportsTimings) {
-  const ProcessOutput output = RunGenerate(
+  const testing::ProcessResult output = RunGenerate(
       {"--model", TinyModel(), "--prompt", "Hello", "--chat", "--reflection", "--max_tokens", "5"});
   ASSERT_EQ(output.exit_code, 0) << output.standard_error;
   EXPECT_THAT(output.standard_output, ::testing::EndsWith("\n"));
@@ -177,7 +145,7 @@ TEST(GenerateCliTest, BadInputExitsWithCodeTwo) {
       {"--model", model, "--prompts_file", "/nonexistent/prompts.jsonl"},
   };
   for (const std::vector<std::string>& arguments : cases) {
-    const ProcessOutput output = RunGenerate(arguments);
+    const testing::ProcessResult output = RunGenerate(arguments);
     EXPECT_EQ(output.exit_code, 2) << absl::StrJoin(arguments, " ");
     EXPECT_THAT(output.standard_error, HasSubstr("reflect generate: "))
         << absl::StrJoin(arguments, " ");

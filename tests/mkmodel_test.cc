@@ -1,5 +1,4 @@
 // `reflect mkmodel`, run as users run it: the binary of this build tree, real files.
-#include <sys/wait.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -7,10 +6,12 @@
 #include <iterator>
 #include <string>
 
+#include "absl/strings/str_split.h"
 #include "common/model_config.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/support/process.h"
 #include "tests/support/test_paths.h"
 #include "worker/checkpoint.h"
 #include "worker/llama_weights.h"
@@ -27,17 +28,11 @@ struct CommandResult {
   std::string output;  // stdout and stderr
 };
 
+// `arguments` are separated by single spaces (the tests' paths have none).
 CommandResult RunMkmodel(const std::string& arguments) {
-  const std::string command = testing::ReflectBinary().string() + " mkmodel " + arguments + " 2>&1";
-  CommandResult result;
-  std::FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return result;
-  char buffer[4096];
-  while (size_t count = std::fread(buffer, 1, sizeof(buffer), pipe))
-    result.output.append(buffer, count);
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
+  const std::vector<std::string> split = absl::StrSplit(arguments, ' ', absl::SkipEmpty());
+  const testing::ProcessResult process = testing::RunReflect("mkmodel", split);
+  return {process.exit_code, process.standard_output + process.standard_error};
 }
 
 std::string ReadFile(const fs::path& path) {

@@ -1,55 +1,36 @@
 // `reflect tokenize` run as a real process: encodes and decodes the Hugging Face fixture corpus
 // line for line, and rejects bad lines with their line number and a non-zero exit.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "nlohmann/json.hpp"
+#include "tests/support/process.h"
 #include "tests/support/test_paths.h"
 
 namespace reflect {
 namespace {
 
 using ::reflect::testing::FixturePath;
-using ::reflect::testing::ReflectBinary;
 using ::reflect::testing::TokenizerDirectory;
 
-struct ProcessResult {
+struct TokenizeResult {
   int exit_code;
   std::vector<std::string> stdout_lines;
   std::string stderr_text;
 };
 
-std::string ReadWhole(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream contents;
-  contents << in.rdbuf();
-  return contents.str();
-}
-
-// Runs `reflect tokenize --model <tokenizer dir> <flags>` with `input` on stdin.
-ProcessResult RunTokenize(const std::string& flags, const std::string& input) {
-  const std::filesystem::path directory =
-      std::filesystem::path(::testing::TempDir()) / "tokenize-cli";
-  std::filesystem::create_directories(directory);
-  std::ofstream(directory / "stdin", std::ios::binary) << input;
-  // Built with a stream: GCC 12 at -O3 warns falsely (-Wrestrict) on this chain of `+`.
-  std::ostringstream command;
-  command << "'" << ReflectBinary().string() << "' tokenize --model '"
-          << TokenizerDirectory().string() << "' " << flags << " < '"
-          << (directory / "stdin").string() << "' > '" << (directory / "stdout").string()
-          << "' 2> '" << (directory / "stderr").string() << "'";
-  const int status = std::system(command.str().c_str());
-  ProcessResult result;
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::istringstream out(ReadWhole(directory / "stdout"));
+// Runs `reflect tokenize --model <tokenizer dir> [flag]` with `input` on stdin.
+TokenizeResult RunTokenize(const std::string& flag, const std::string& input) {
+  std::vector<std::string> arguments{"--model", TokenizerDirectory().string()};
+  if (!flag.empty()) arguments.push_back(flag);
+  const testing::ProcessResult process = testing::RunReflect("tokenize", arguments, input);
+  TokenizeResult result{process.exit_code, {}, process.standard_error};
+  std::istringstream out(process.standard_output);
   for (std::string line; std::getline(out, line);) result.stdout_lines.push_back(line);
-  result.stderr_text = ReadWhole(directory / "stderr");
   return result;
 }
 
@@ -65,7 +46,7 @@ TEST(TokenizeCliTest, EncodesLikeHuggingFace) {
   ASSERT_FALSE(rows.empty());
   std::string input;
   for (const nlohmann::json& row : rows) input += row.at("text").dump() + "\n";
-  const ProcessResult result = RunTokenize("", input);
+  const TokenizeResult result = RunTokenize("", input);
   ASSERT_EQ(result.exit_code, 0) << result.stderr_text;
   ASSERT_EQ(result.stdout_lines.size(), rows.size());
   for (std::size_t line = 0; line < rows.size(); ++line) {
@@ -78,7 +59,7 @@ TEST(TokenizeCliTest, DecodesBackToTheText) {
   const std::vector<nlohmann::json> rows = FixtureRows();
   std::string input;
   for (const nlohmann::json& row : rows) input += row.at("ids").dump() + "\n";
-  const ProcessResult result = RunTokenize("--decode", input);
+  const TokenizeResult result = RunTokenize("--decode", input);
   ASSERT_EQ(result.exit_code, 0) << result.stderr_text;
   ASSERT_EQ(result.stdout_lines.size(), rows.size());
   for (std::size_t line = 0; line < rows.size(); ++line) {
@@ -104,7 +85,7 @@ TEST(TokenizeCliTest, BadLinesNameTheirLineNumber) {
            {"--decode", "[1.5]\n", "line 1: element 0 (1.5)"},
            {"--decode", "\"text\"\n", "line 1: expected a JSON array"},
        }) {
-    const ProcessResult result = RunTokenize(bad.flags, bad.input);
+    const TokenizeResult result = RunTokenize(bad.flags, bad.input);
     EXPECT_EQ(result.exit_code, 1) << bad.input;
     EXPECT_NE(result.stderr_text.find(bad.expected_error), std::string::npos)
         << "stderr: " << result.stderr_text;
@@ -113,7 +94,7 @@ TEST(TokenizeCliTest, BadLinesNameTheirLineNumber) {
 
 TEST(TokenizeCliTest, DecodeOfPartialCharacterGivesReplacementCharacter) {
   // 226 is the byte-level token of byte E2 alone: the start of a three-byte character.
-  const ProcessResult result = RunTokenize("--decode", "[9906, 226]\n");
+  const TokenizeResult result = RunTokenize("--decode", "[9906, 226]\n");
   ASSERT_EQ(result.exit_code, 0) << result.stderr_text;
   ASSERT_EQ(result.stdout_lines.size(), 1u);
   EXPECT_EQ(nlohmann::json::parse(result.stdout_lines[0]), "Hello\xEF\xBF\xBD");

@@ -7,4 +7,5 @@
 #include "absl/flags/declare.h"
 
 ABSL_DECLARE_FLAG(std::string, model);  // a Hugging Face model directory
+ABSL_DECLARE_FLAG(uint64_t, seed);      // mkmodel: weights; generate: sampling
 ABSL_DECLARE_FLAG(int32_t, threads);    // engine threads; 0: one per core

@@ -56,8 +56,6 @@ ABSL_FLAG(std::optional<int64_t>, top_k, std::nullopt,
 ABSL_FLAG(double, min_p, 0.0, "generate: drop tokens below min_p x the top probability");
 ABSL_FLAG(bool, ignore_eos, false, "generate: keep going past the model's eos tokens");
 ABSL_FLAG(bool, json, false, "generate, bench: print JSON lines instead of text");
-// --seed is shared with mkmodel, which defines it: absl flags are global to the binary.
-ABSL_DECLARE_FLAG(uint64_t, seed);
 
 namespace reflect::cli {
 namespace {

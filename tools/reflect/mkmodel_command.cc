@@ -24,13 +24,13 @@
 #include "common/model_config.h"
 #include "common/status_macros.h"
 #include "tools/reflect/command.h"
+#include "tools/reflect/common_flags.h"
 #include "tools/reflect/model_presets.h"
 #include "tools/reflect/weight_generator.h"
 #include "worker/safetensors_writer.h"
 
 ABSL_FLAG(std::string, preset, "tiny", "mkmodel: model shape: tiny, 1b, 8b or 70b");
 ABSL_FLAG(std::string, out, "", "mkmodel: output model directory (created)");
-ABSL_FLAG(uint64_t, seed, 0, "mkmodel: weight generator seed");
 ABSL_FLAG(std::string, dtype, "bf16", "mkmodel: weight dtype on disk: bf16, f16 or f32");
 ABSL_FLAG(std::optional<int64_t>, layers, std::nullopt, "mkmodel: num_hidden_layers override");
 ABSL_FLAG(std::optional<int64_t>, hidden, std::nullopt, "mkmodel: hidden_size override");
