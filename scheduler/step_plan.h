@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "kvcache/block_operations.h"
+
 namespace reflect {
 
 // One sequence's share of a step: a prefill chunk, or the single last token of a decode.
@@ -22,15 +24,19 @@ struct ScheduledSequence {
   bool needs_logits = true;
 };
 
-// Copy one physical KV block to another (copy-on-write), applied before the forward pass.
-struct BlockCopy {
-  int32_t source_block = 0;
-  int32_t destination_block = 0;
-};
-
+// BlockCopy (copy-on-write) and BlockSwap (device <-> host) come from kvcache/block_operations.h.
+//
+// A rank applies the block operations in this order, then runs the forward pass:
+//   1. swap_out     (device → host)  reads blocks that this step's planning already freed;
+//   2. block_copies (device → device), in list order;
+//   3. swap_in      (host → device)  writes blocks freshly allocated to swapped-in sequences.
+// The scheduler never swaps in and out in the same step, so a host block is never written and
+// read in one step.
 struct StepPlan {
   std::vector<BlockCopy> block_copies;
   std::vector<ScheduledSequence> sequences;
+  std::vector<BlockSwap> swap_out;
+  std::vector<BlockSwap> swap_in;
 };
 
 // The sampled outcome for one sequence that needed logits.
