@@ -13,7 +13,7 @@ APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config clang-format
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev libgloo-dev libpcre2-dev nlohmann-json3-dev
-  libgtest-dev libgmock-dev libbenchmark-dev libdnnl-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libboost1.74-dev libssl-dev
   python3 python3-numpy
 )
 
