@@ -38,6 +38,6 @@ clean:
 
 # reflect vs llama.cpp on the same 1b bf16 weights (installs llama-cpp-python: a long build).
 bench-llamacpp: build
-	python3 -c "import llama_cpp, gguf" 2>/dev/null || python3 -m pip install --quiet gguf llama-cpp-python
+	python3 -c "import llama_cpp, gguf" 2>/dev/null || python3 -m pip install --quiet gguf sentencepiece llama-cpp-python
 	test -f models/1b/config.json || $(REFLECT) mkmodel --preset 1b --dtype bf16 --out models/1b
 	python3 tools/bench/compare_llamacpp.py --reflect $(REFLECT) --model models/1b

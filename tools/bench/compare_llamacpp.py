@@ -4,7 +4,7 @@
 Usage: tools/bench/compare_llamacpp.py --reflect build/tools/reflect/reflect --model models/1b
        [--prompt-tokens 128] [--decode-tokens 32] [--rounds 2]
 
-Needs llama-cpp-python and gguf from PyPI (`make bench-llamacpp` installs them). The model
+Needs llama-cpp-python, gguf and sentencepiece from PyPI (`make bench-llamacpp` installs them). The model
 directory is converted to GGUF once, with llama.cpp's own converter (convert_hf_to_gguf.py, taken
 from the llama-cpp-python source distribution), keeping the checkpoint's dtype (bf16 or f32).
 Both engines run alternately, `--rounds` times each, with the same thread count, the same prompt
@@ -23,8 +23,8 @@ import time
 
 
 def find_converter(cache_dir: pathlib.Path) -> pathlib.Path:
-    """Extracts convert_hf_to_gguf.py and the gguf-py it was written with from the
-    llama-cpp-python sdist (cached in cache_dir)."""
+    """Extracts convert_hf_to_gguf.py, its conversion/ package and the gguf-py it was written
+    with from the llama-cpp-python sdist (cached in cache_dir)."""
     script = cache_dir / "convert_hf_to_gguf.py"
     if script.exists():
         return script
@@ -37,7 +37,8 @@ def find_converter(cache_dir: pathlib.Path) -> pathlib.Path:
         with tarfile.open(archive) as tar:
             for member in tar.getmembers():
                 _, found, relative = member.name.partition("vendor/llama.cpp/")
-                if found and (relative == script.name or relative.startswith("gguf-py/")):
+                if found and (relative == script.name or
+                              relative.startswith(("gguf-py/", "conversion/"))):
                     member.name = relative
                     tar.extract(member, cache_dir)
     if not script.exists():
