@@ -1,4 +1,5 @@
-// CPU kernels against naive scalar references at odd sizes, and the matmul's row invariance.
+// CPU kernels against naive scalar references at odd sizes, and the matmul's row invariance,
+// for both bf16 kernels (vdpbf16ps and AMX; AMX cases skip where the machine lacks it).
 //
 // Tolerances: f32 matmul 1e-5 · Σ|x·w| (f32 accumulation of K products vs f64); bf16 matmul the
 // same bound against a reference that rounds x to bf16 as the kernel does (bf16 products are
@@ -10,9 +11,11 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "common/dtype.h"
+#include "worker/cpu/amx_tiles.h"
 #include "worker/cpu/matmul.h"
 #include "worker/cpu/packed_matrix.h"
 #include "worker/cpu/paged_attention.h"
@@ -68,17 +71,30 @@ struct Shape {
   int64_t depth;    // K
 };
 
-class MatmulTest : public ::testing::TestWithParam<DType> {};
+// A weight dtype and the kernel bf16 weights are packed for.
+struct MatmulCase {
+  DType dtype;
+  Bf16Kernel kernel;
+};
+
+class MatmulTest : public ::testing::TestWithParam<MatmulCase> {
+ protected:
+  void SetUp() override {
+    if (GetParam().kernel == Bf16Kernel::kAmx && !AmxUsable()) GTEST_SKIP() << "no AMX bf16";
+  }
+  DType dtype() const { return GetParam().dtype; }
+  Bf16Kernel kernel() const { return GetParam().kernel; }
+};
 
 TEST_P(MatmulTest, MatchesScalarReferenceAtOddSizes) {
   ThreadPool pool(3);
   std::vector<uint16_t> scratch;
-  const bool bf16 = GetParam() == DType::kBF16;
+  const bool bf16 = dtype() == DType::kBF16;
   for (const Shape shape : {Shape{1, 1, 1}, Shape{5, 17, 33}, Shape{7, 130, 67}, Shape{13, 64, 128},
-                            Shape{6, 200, 2}}) {
-    const Weight weight = MakeWeight(shape.outputs, shape.depth, GetParam(), 1);
-    auto packed =
-        PackedMatrix::PackRows(std::span<const TensorView>(&weight.view, 1), shape.depth, pool);
+                            Shape{6, 200, 2}, Shape{40, 33, 96}}) {
+    const Weight weight = MakeWeight(shape.outputs, shape.depth, dtype(), 1);
+    auto packed = PackedMatrix::PackRows(std::span<const TensorView>(&weight.view, 1), shape.depth,
+                                         pool, kernel());
     ASSERT_TRUE(packed.ok()) << packed.status();
     const std::vector<float> input = RandomFloats(shape.rows * shape.depth, 2);
     const std::vector<float> residual = RandomFloats(shape.rows * shape.outputs, 3);
@@ -111,9 +127,9 @@ TEST_P(MatmulTest, SwiGluMatchesReference) {
   ThreadPool pool(2);
   std::vector<uint16_t> scratch;
   const int64_t rows = 9, intermediate = 45, depth = 31;
-  const Weight gate = MakeWeight(intermediate, depth, GetParam(), 4);
-  const Weight up = MakeWeight(intermediate, depth, GetParam(), 5);
-  auto packed = PackedMatrix::PackGateUp(gate.view, up.view, depth, pool);
+  const Weight gate = MakeWeight(intermediate, depth, dtype(), 4);
+  const Weight up = MakeWeight(intermediate, depth, dtype(), 5);
+  auto packed = PackedMatrix::PackGateUp(gate.view, up.view, depth, pool, kernel());
   ASSERT_TRUE(packed.ok()) << packed.status();
   const std::vector<float> input = RandomFloats(rows * depth, 6);
   std::vector<float> output(rows * intermediate);
@@ -124,7 +140,7 @@ TEST_P(MatmulTest, SwiGluMatchesReference) {
       double gate_sum = 0.0, up_sum = 0.0;
       for (int64_t k = 0; k < depth; ++k) {
         float x = input[row * depth + k];
-        if (GetParam() == DType::kBF16) x = Bf16ToF32(F32ToBf16(x));
+        if (dtype() == DType::kBF16) x = Bf16ToF32(F32ToBf16(x));
         gate_sum += double{x} * gate.values[column * depth + k];
         up_sum += double{x} * up.values[column * depth + k];
       }
@@ -136,20 +152,22 @@ TEST_P(MatmulTest, SwiGluMatchesReference) {
 
 TEST_P(MatmulTest, RowsAreBitIdenticalWhateverTheBatchAndThreads) {
   const int64_t rows = 37, outputs = 150, depth = 75;
-  const Weight weight = MakeWeight(outputs, depth, GetParam(), 7);
+  const Weight weight = MakeWeight(outputs, depth, dtype(), 7);
   const std::vector<float> input = RandomFloats(rows * depth, 8);
   std::vector<float> full(rows * outputs);
   std::vector<uint16_t> scratch;
   {
     ThreadPool pool(1);
-    auto packed = PackedMatrix::PackRows(std::span<const TensorView>(&weight.view, 1), depth, pool);
+    auto packed =
+        PackedMatrix::PackRows(std::span<const TensorView>(&weight.view, 1), depth, pool, kernel());
     ASSERT_TRUE(packed.ok());
     Matmul(input.data(), rows, depth, *packed, MatmulOutput::kStore, full.data(), outputs, pool,
            scratch);
   }
   for (int threads : {1, 2, 4}) {
     ThreadPool pool(threads);
-    auto packed = PackedMatrix::PackRows(std::span<const TensorView>(&weight.view, 1), depth, pool);
+    auto packed =
+        PackedMatrix::PackRows(std::span<const TensorView>(&weight.view, 1), depth, pool, kernel());
     ASSERT_TRUE(packed.ok());
     // Every (first row, row count) window, including ones that cut register tiles.
     for (int64_t first = 0; first < rows; first += 5) {
@@ -167,7 +185,64 @@ TEST_P(MatmulTest, RowsAreBitIdenticalWhateverTheBatchAndThreads) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, MatmulTest,
-                         ::testing::Values(DType::kF32, DType::kBF16, DType::kF16));
+                         ::testing::Values(MatmulCase{DType::kF32, Bf16Kernel::kAvx512},
+                                           MatmulCase{DType::kF16, Bf16Kernel::kAvx512},
+                                           MatmulCase{DType::kBF16, Bf16Kernel::kAvx512},
+                                           MatmulCase{DType::kBF16, Bf16Kernel::kAmx}),
+                         [](const ::testing::TestParamInfo<MatmulCase>& info) {
+                           const char* dtype = info.param.dtype == DType::kF32   ? "F32"
+                                               : info.param.dtype == DType::kF16 ? "F16"
+                                                                                 : "BF16";
+                           return std::string(dtype) +
+                                  (info.param.kernel == Bf16Kernel::kAmx ? "Amx" : "");
+                         });
+
+// AMX: every batch size 1..40 and 256, at random row windows of a 256-row batch, for the three
+// epilogues, with 1-3 threads: each row's bits equal those it gets in the full batch. K and N are
+// not multiples of the 32-wide tiles, so k-block and column tails are exercised too.
+TEST(AmxMatmulTest, RowWindowsAreBitIdenticalForEveryBatchSize) {
+  if (!AmxUsable()) GTEST_SKIP() << "no AMX bf16";
+  const int64_t rows = 256, outputs = 70, depth = 333;
+  const Weight weight = MakeWeight(outputs, depth, DType::kBF16, 16);
+  const Weight gate = MakeWeight(outputs, depth, DType::kBF16, 17);
+  const Weight up = MakeWeight(outputs, depth, DType::kBF16, 18);
+  const std::vector<float> input = RandomFloats(rows * depth, 19);
+  const std::vector<float> residual = RandomFloats(rows * outputs, 20);
+  std::vector<uint16_t> scratch;
+  ThreadPool pool(2);
+  auto packed = PackedMatrix::PackRows(std::span<const TensorView>(&weight.view, 1), depth, pool,
+                                       Bf16Kernel::kAmx);
+  auto gate_up = PackedMatrix::PackGateUp(gate.view, up.view, depth, pool, Bf16Kernel::kAmx);
+  ASSERT_TRUE(packed.ok() && gate_up.ok());
+  ASSERT_EQ(packed->type(), PackedType::kBF16Amx);
+  struct Mode {
+    MatmulOutput output;
+    const PackedMatrix* weight;
+  };
+  const Mode modes[] = {{MatmulOutput::kStore, &*packed},
+                        {MatmulOutput::kAccumulate, &*packed},
+                        {MatmulOutput::kSwiGlu, &*gate_up}};
+  std::mt19937 generator(21);
+  for (const Mode& mode : modes) {
+    std::vector<float> full = residual;
+    Matmul(input.data(), rows, depth, *mode.weight, mode.output, full.data(), outputs, pool,
+           scratch);
+    std::vector<int64_t> counts(40);
+    std::iota(counts.begin(), counts.end(), 1);
+    counts.push_back(rows);
+    for (const int64_t count : counts) {
+      ThreadPool window_pool(static_cast<int>(count % 3) + 1);
+      const int64_t first = std::uniform_int_distribution<int64_t>(0, rows - count)(generator);
+      std::vector<float> part(residual.begin() + first * outputs,
+                              residual.begin() + (first + count) * outputs);
+      Matmul(input.data() + first * depth, count, depth, *mode.weight, mode.output, part.data(),
+             outputs, window_pool, scratch);
+      EXPECT_EQ(
+          std::memcmp(part.data(), full.data() + first * outputs, part.size() * sizeof(float)), 0)
+          << "mode " << static_cast<int>(mode.output) << " rows " << first << "+" << count;
+    }
+  }
+}
 
 TEST(RmsNormTest, MatchesReference) {
   for (int64_t size : {1, 15, 16, 77}) {

@@ -1,6 +1,8 @@
 // CPU backend figures (DESIGN §10): matmul GFLOP/s and GB/s at decode and prefill row counts for
 // Llama-3.2-1B shapes with bf16 weights, paged attention decode, the machine's streaming read
 // bandwidth (the decode roofline), and whole-model steps of a random bf16 Llama-3.2-1B.
+// bf16 weights use the process's kernel (AMX where usable; REFLECT_CPU_MATMUL=avx512 forces
+// vdpbf16ps), shown as each matmul / model benchmark's label.
 #include <benchmark/benchmark.h>
 #include <immintrin.h>
 
@@ -12,6 +14,7 @@
 
 #include "common/dtype.h"
 #include "worker/cpu/aligned_buffer.h"
+#include "worker/cpu/amx_tiles.h"
 #include "worker/cpu/cpu_backend.h"
 #include "worker/cpu/matmul.h"
 #include "worker/cpu/packed_matrix.h"
@@ -27,6 +30,8 @@ ThreadPool& Pool() {
   static ThreadPool pool(0);
   return pool;
 }
+
+const char* KernelLabel() { return SelectedBf16Kernel() == Bf16Kernel::kAmx ? "amx" : "avx512"; }
 
 // Fills `count` bf16 values with small pseudo-random numbers, fast enough for a billion.
 void FillBf16(uint16_t* values, int64_t count, uint64_t seed) {
@@ -72,6 +77,7 @@ void BM_MatmulBf16(benchmark::State& state) {
     benchmark::DoNotOptimize(output.data());
   }
   const double flops = 2.0 * rows * outputs * depth;
+  state.SetLabel(KernelLabel());
   state.counters["GFLOP/s"] =
       benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["weight_GB/s"] = benchmark::Counter(static_cast<double>(packed.bytes()) * 1e-9,
@@ -237,6 +243,7 @@ void BM_Llama1BDecode(benchmark::State& state) {
   for (auto _ : state) {
     if (!backend.Forward(plan, logits).ok()) state.SkipWithError("forward failed");
   }
+  state.SetLabel(KernelLabel());
   state.counters["tokens/s"] =
       benchmark::Counter(static_cast<double>(batch), benchmark::Counter::kIsIterationInvariantRate);
 }
@@ -265,6 +272,7 @@ void BM_Llama1BPrefill(benchmark::State& state) {
   for (auto _ : state) {
     if (!backend.Forward(plan, logits).ok()) state.SkipWithError("forward failed");
   }
+  state.SetLabel(KernelLabel());
   state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(length),
                                                   benchmark::Counter::kIsIterationInvariantRate);
 }

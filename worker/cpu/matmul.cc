@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "worker/cpu/amx_matmul.h"
 #include "worker/cpu/vector_math.h"
 
 namespace reflect::cpu {
@@ -160,6 +161,10 @@ void StoreTile(const Tile& tile, int rows, int64_t panel, const PackedMatrix& we
 void Matmul(const float* input, int64_t rows, int64_t input_stride, const PackedMatrix& weight,
             MatmulOutput mode, float* output, int64_t output_stride, ThreadPool& pool,
             std::vector<uint16_t>& scratch) {
+  if (weight.type() == PackedType::kBF16Amx) {
+    AmxMatmul(input, rows, input_stride, weight, mode, output, output_stride, pool, scratch);
+    return;
+  }
   if (rows <= 0) return;
   const void* prepared = input;
   int64_t prepared_stride = input_stride;

@@ -1,9 +1,13 @@
-// Matmul: y[M, N] = x[M, K] · W[N, K]ᵀ over a PackedMatrix, parallel over 64-column panels.
+// Matmul: y[M, N] = x[M, K] · W[N, K]ᵀ over a PackedMatrix, parallel over panels.
+//
+// The kernel follows the packing: kBF16Amx → tdpbf16ps (amx_matmul.h), kBF16 → vdpbf16ps,
+// kF32 → FMA. Which one a bf16 weight gets is fixed at load (SelectedBf16Kernel), never by M.
 //
 // Batch invariance: y[m, n] is one accumulator lane, started at zero and updated once per k step
-// in increasing k (vdpbf16ps for bf16 weights, with x rounded to bf16 per element; FMA for f32
-// weights). That sequence does not depend on M, on which rows share a register tile, on panel
-// boundaries or on the thread, so any row computed inside any batch is bit-identical.
+// in increasing k (a 32-k tdpbf16ps block for AMX, a k-pair vdpbf16ps for kBF16, with x rounded
+// to bf16 per element; FMA for f32 weights). That sequence does not depend on M, on which rows
+// share a register or tile, on panel boundaries or on the thread, so any row computed inside any
+// batch is bit-identical.
 //
 // Thread-safety: uses `pool`; `scratch` is the caller's and is resized as needed.
 #pragma once
