@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -47,6 +48,12 @@ class CpuBackend final : public Backend {
         cache_,
         cpu::PagedKvCache::Create(config_.num_hidden_layers, config_.num_key_value_heads,
                                   config_.head_dim, options.num_kv_blocks, options.block_size));
+    if (options.num_host_blocks > 0) {
+      REFLECT_ASSIGN_OR_RETURN(
+          host_cache_,
+          cpu::PagedKvCache::Create(config_.num_hidden_layers, config_.num_key_value_heads,
+                                    config_.head_dim, options.num_host_blocks, options.block_size));
+    }
     attention_scratch_.resize(pool_.num_threads());
     return absl::OkStatus();
   }
@@ -59,6 +66,9 @@ class CpuBackend final : public Backend {
 
  private:
   absl::Status Validate(const StepPlan& plan) const;
+  absl::Status ValidateSwaps(const std::vector<BlockSwap>& swaps, const char* direction) const;
+  // swap_out, block_copies, swap_in: the order of scheduler/step_plan.h.
+  void ApplyBlockOperations(const StepPlan& plan);
   void RunLayer(const StepPlan& plan, int64_t layer);
   void RotateAndStore(const StepPlan& plan, int64_t layer);
   void Attend(const StepPlan& plan, int64_t layer);
@@ -75,6 +85,7 @@ class CpuBackend final : public Backend {
   std::shared_ptr<const void> weights_owner_;
   cpu::CpuModelWeights weights_;
   cpu::PagedKvCache cache_;
+  std::optional<cpu::PagedKvCache> host_cache_;  // swap space; absent with 0 host blocks
 
   // Per-step scratch, kept between steps to avoid reallocation.
   std::vector<StepToken> tokens_;
@@ -89,7 +100,36 @@ class CpuBackend final : public Backend {
   std::vector<std::vector<float>> attention_scratch_;  // per thread
 };
 
+absl::Status CpuBackend::ValidateSwaps(const std::vector<BlockSwap>& swaps,
+                                       const char* direction) const {
+  const int64_t num_blocks = cache_.num_blocks();
+  const int64_t num_host_blocks = host_cache_.has_value() ? host_cache_->num_blocks() : 0;
+  for (const BlockSwap& swap : swaps) {
+    if (swap.device_block < 0 || swap.device_block >= num_blocks || swap.host_block < 0 ||
+        swap.host_block >= num_host_blocks) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s of device block %d / host block %d: ids must be in [0, %d) and [0, %d)", direction,
+          swap.device_block, swap.host_block, num_blocks, num_host_blocks));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void CpuBackend::ApplyBlockOperations(const StepPlan& plan) {
+  for (const BlockSwap& swap : plan.swap_out) {
+    host_cache_->CopyBlockFrom(cache_, swap.device_block, swap.host_block);
+  }
+  for (const BlockCopy& copy : plan.block_copies) {
+    cache_.CopyBlock(copy.source_block, copy.destination_block);
+  }
+  for (const BlockSwap& swap : plan.swap_in) {
+    cache_.CopyBlockFrom(*host_cache_, swap.host_block, swap.device_block);
+  }
+}
+
 absl::Status CpuBackend::Validate(const StepPlan& plan) const {
+  REFLECT_RETURN_IF_ERROR(ValidateSwaps(plan.swap_out, "swap-out"));
+  REFLECT_RETURN_IF_ERROR(ValidateSwaps(plan.swap_in, "swap-in"));
   const int64_t num_blocks = cache_.num_blocks();
   for (const BlockCopy& copy : plan.block_copies) {
     if (copy.source_block < 0 || copy.source_block >= num_blocks || copy.destination_block < 0 ||
@@ -209,9 +249,7 @@ void CpuBackend::RunLayer(const StepPlan& plan, int64_t layer) {
 
 absl::Status CpuBackend::Forward(const StepPlan& plan, std::vector<float>& logits) {
   REFLECT_RETURN_IF_ERROR(Validate(plan));
-  for (const BlockCopy& copy : plan.block_copies) {
-    cache_.CopyBlock(copy.source_block, copy.destination_block);
-  }
+  ApplyBlockOperations(plan);
   tokens_.clear();
   std::vector<int64_t> logit_rows;
   int64_t max_position = 0;
@@ -266,8 +304,10 @@ absl::Status CpuBackend::Forward(const StepPlan& plan, std::vector<float>& logit
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackendFromWeights(
     const ModelConfig& config, const LlamaWeights& weights, const CpuBackendOptions& options,
     std::shared_ptr<const void> weights_owner) {
-  if (options.num_kv_blocks <= 0 || options.block_size <= 0) {
-    return absl::InvalidArgumentError("CPU backend: num_kv_blocks and block_size must be positive");
+  if (options.num_kv_blocks <= 0 || options.block_size <= 0 || options.num_host_blocks < 0) {
+    return absl::InvalidArgumentError(
+        "CPU backend: num_kv_blocks and block_size must be positive, num_host_blocks not "
+        "negative");
   }
   REFLECT_RETURN_IF_ERROR(cpu::ValidateLlamaWeights(config, weights));
   auto backend =

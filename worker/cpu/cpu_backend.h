@@ -22,6 +22,9 @@ struct CpuBackendOptions {
   int64_t num_kv_blocks = 1024;
   int64_t block_size = 16;  // tokens per KV block
   int num_threads = 0;      // 0: one per core
+  // Host swap pool for StepPlan.swap_out / swap_in, in blocks of the same shape (match
+  // BlockManagerConfig::num_host_blocks); 0: no swap space, and a plan that swaps is refused.
+  int64_t num_host_blocks = 0;
 };
 
 // Loads config.json and the safetensors of `model_dir` and builds a backend over them.

@@ -37,11 +37,18 @@ void PagedKvCache::Write(int64_t layer, int64_t block, int64_t slot, int64_t kv_
 
 void PagedKvCache::CopyBlock(int64_t source, int64_t destination) {
   if (source == destination) return;
-  const size_t block_floats = static_cast<size_t>(num_kv_heads_ * head_dim_ * block_size_);
+  CopyBlockFrom(*this, source, destination);
+}
+
+void PagedKvCache::CopyBlockFrom(const PagedKvCache& source, int64_t source_block,
+                                 int64_t destination_block) {
+  const size_t block_bytes =
+      static_cast<size_t>(num_kv_heads_ * head_dim_ * block_size_) * sizeof(float);
   for (int64_t layer = 0; layer < num_layers_; ++layer) {
-    std::memcpy(Keys(layer, destination, 0), Keys(layer, source, 0), block_floats * sizeof(float));
-    std::memcpy(Values(layer, destination, 0), Values(layer, source, 0),
-                block_floats * sizeof(float));
+    std::memcpy(Keys(layer, destination_block, 0), source.Keys(layer, source_block, 0),
+                block_bytes);
+    std::memcpy(Values(layer, destination_block, 0), source.Values(layer, source_block, 0),
+                block_bytes);
   }
 }
 

@@ -7,6 +7,10 @@
 //   values: [layer][block][kv_head][slot][head_dim]  — a slot's vector is contiguous
 // Which block belongs to whom is decided outside (kvcache/) and arrives as block tables.
 //
+// The CPU backend keeps two: the device pool the forward pass reads, and a host pool of the same
+// block shape that swapped-out blocks are copied to (both are RAM here; the split mirrors the
+// accelerator's, so the scheduler's swap plans run unchanged).
+//
 // Ownership: owns both pools (anonymous mappings, committed on first touch).
 // Thread-safety: none; distinct slots may be written from distinct threads.
 #pragma once
@@ -49,6 +53,11 @@ class PagedKvCache {
 
   // Copies every layer's K and V of block `source` into block `destination`.
   void CopyBlock(int64_t source, int64_t destination);
+
+  // Copies every layer's K and V of block `source_block` of `source`, a cache of the same
+  // layers, heads, head_dim and block size (say the host swap pool), into `destination_block`.
+  // Cost: one memcpy per layer and pool of a block's floats.
+  void CopyBlockFrom(const PagedKvCache& source, int64_t source_block, int64_t destination_block);
 
  private:
   int64_t Offset(int64_t layer, int64_t block, int64_t kv_head) const {
