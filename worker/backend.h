@@ -17,7 +17,8 @@ class Backend {
  public:
   virtual ~Backend() = default;
 
-  // Applies plan.block_copies, runs every sequence's new tokens (writing their K/V into the
+  // Applies the plan's block operations (swap_out, block_copies, swap_in, in the order
+  // scheduler/step_plan.h documents), runs every sequence's new tokens (writing their K/V into the
   // blocks of their block tables), and resizes `logits` to [rows, vocab_size] row-major with
   // one row per sequence whose needs_logits is set, in plan order (the row of its last token).
   virtual absl::Status Forward(const StepPlan& plan, std::vector<float>& logits) = 0;

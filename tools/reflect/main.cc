@@ -9,6 +9,7 @@
 
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "common/command_line.h"
 #include "tools/reflect/command.h"
 
 namespace reflect::cli {
@@ -17,22 +18,6 @@ namespace {
 std::vector<Command>& MutableCommands() {
   static std::vector<Command> commands;
   return commands;
-}
-
-// absl spells flags with underscores; users may write dashes (--max-tokens). Rewrites the name
-// part of every "--name[=value]" argument before the first bare "--".
-void NormalizeFlagNames(std::vector<char*>& args, std::vector<std::string>& storage) {
-  storage.reserve(args.size());
-  for (char*& arg : args) {
-    const std::string_view text = arg;
-    if (text == "--") return;
-    if (!text.starts_with("--")) continue;
-    std::string normalized(text);
-    const size_t name_end = std::min(normalized.find('='), normalized.size());
-    std::replace(normalized.begin() + 2, normalized.begin() + name_end, '-', '_');
-    storage.push_back(std::move(normalized));
-    arg = storage.back().data();
-  }
 }
 
 void PrintUsage() {
@@ -70,7 +55,7 @@ int main(int argc, char** argv) {
     std::vector<char*> args(argv, argv + argc);
     args.erase(args.begin() + 1);
     std::vector<std::string> normalized_storage;
-    reflect::cli::NormalizeFlagNames(args, normalized_storage);
+    reflect::NormalizeFlagNames(args, normalized_storage);
     std::vector<char*> positional =
         absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
     positional.erase(positional.begin());  // program name

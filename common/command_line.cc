@@ -1,0 +1,23 @@
+#include "common/command_line.h"
+
+#include <algorithm>
+#include <string_view>
+
+namespace reflect {
+
+void NormalizeFlagNames(std::vector<char*>& args, std::vector<std::string>& storage) {
+  // One string per argument at most: reserving up front keeps earlier data() pointers valid.
+  storage.reserve(storage.size() + args.size());
+  for (char*& arg : args) {
+    const std::string_view text = arg;
+    if (text == "--") return;
+    if (!text.starts_with("--")) continue;
+    std::string normalized(text);
+    const size_t name_end = std::min(normalized.find('='), normalized.size());
+    std::replace(normalized.begin() + 2, normalized.begin() + name_end, '-', '_');
+    storage.push_back(std::move(normalized));
+    arg = storage.back().data();
+  }
+}
+
+}  // namespace reflect

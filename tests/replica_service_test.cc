@@ -1,0 +1,314 @@
+// The real reflect-worker process on the tiny test model, driven with real gRPC clients:
+// health goes SERVING after the weights load; 16 concurrent Generate streams give exactly the
+// tokens each gives alone; a cancelled stream frees its KV blocks (GetLoad); ForceTokens
+// rewinds; SIGTERM mid-stream lets the stream finish, refuses new work, and exits 0.
+//
+// The worker is started with --port 0 and prints "listening <host>:<port>" on stdout, so tests
+// running at once never race for a port.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "reflect/internal/v1/replica.grpc.pb.h"
+#include "tests/support/test_paths.h"
+
+namespace reflect {
+namespace {
+
+namespace v1 = internal::v1;
+using grpc::health::v1::HealthCheckRequest;
+using grpc::health::v1::HealthCheckResponse;
+
+constexpr absl::Duration kTimeout = absl::Seconds(60);
+
+// A reflect-worker child process; killed if the test ends before it exits.
+class WorkerProcess {
+ public:
+  WorkerProcess() {
+    const std::string binary = std::string(REFLECT_BINARY_DIR) + "/worker/reflect-worker";
+    const std::string model = testing::TestModelPath("tiny").string();
+    std::vector<std::string> arguments = {binary, "--model",
+                                          model,  "--port",
+                                          "0",    "--threads",
+                                          "2",    "--num-kv-blocks",
+                                          "512",  "--max-num-batched-tokens",
+                                          "256"};
+    int output[2];
+    if (pipe2(output, O_CLOEXEC) != 0) return;
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(output[1], STDOUT_FILENO);
+      std::vector<char*> argv;
+      for (std::string& argument : arguments) argv.push_back(argument.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    close(output[1]);
+    // The first line: "listening 127.0.0.1:<port>".
+    std::string line;
+    char character = 0;
+    while (read(output[0], &character, 1) == 1 && character != '\n') line += character;
+    close(output[0]);
+    const size_t colon = line.rfind(':');
+    if (line.starts_with("listening ") && colon != std::string::npos) {
+      address_ = line.substr(10);
+    }
+  }
+  ~WorkerProcess() {
+    if (pid_ > 0 && !exited_) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+
+  const std::string& address() const { return address_; }
+  void Signal(int signal_number) { kill(pid_, signal_number); }
+  // The exit code, or -1 on timeout or a death by signal.
+  int WaitForExit(absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (absl::Now() < deadline) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        exited_ = true;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      }
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  bool exited_ = false;
+  std::string address_;
+};
+
+std::shared_ptr<grpc::Channel> Connect(const WorkerProcess& worker) {
+  return grpc::CreateChannel(worker.address(), grpc::InsecureChannelCredentials());
+}
+
+HealthCheckResponse::ServingStatus Health(grpc::Channel& channel) {
+  auto stub = grpc::health::v1::Health::NewStub(
+      std::shared_ptr<grpc::Channel>(&channel, [](grpc::Channel*) {}));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  HealthCheckRequest request;
+  request.set_service("reflect.internal.v1.Replica");
+  HealthCheckResponse response;
+  if (!stub->Check(&context, request, &response).ok()) return HealthCheckResponse::UNKNOWN;
+  return response.status();
+}
+
+bool WaitForHealth(grpc::Channel& channel, HealthCheckResponse::ServingStatus wanted) {
+  const absl::Time deadline = absl::Now() + kTimeout;
+  while (absl::Now() < deadline) {
+    if (Health(channel) == wanted) return true;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return false;
+}
+
+v1::StartGeneration Start(int index, int max_tokens) {
+  v1::StartGeneration start;
+  start.set_request_id("request-" + std::to_string(index));
+  for (int position = 0; position < 8 + 11 * index % 60; ++position) {
+    start.add_prompt_token_ids((index * 1009 + position * 7919) % 120000);
+  }
+  v1::SamplingParams& sampling = *start.mutable_sampling();
+  sampling.set_temperature(index % 2 == 0 ? 0.0 : 0.8);
+  sampling.set_top_p(0.95);
+  sampling.set_repetition_penalty(1.0);
+  sampling.set_seed(1000 + index);
+  sampling.set_max_tokens(max_tokens);
+  sampling.set_ignore_eos(true);
+  sampling.set_logprobs(1);
+  return start;
+}
+
+struct StreamResult {
+  grpc::Status status;
+  std::vector<v1::GenerateResponse> messages;
+  std::vector<int32_t> tokens;  // as the router would assemble them (a rewind replaces the tail)
+  std::vector<float> logprobs;
+};
+
+void Assemble(const v1::GenerateResponse& message, StreamResult& result) {
+  if (message.token_ids().empty()) return;  // the finish alone
+  result.tokens.resize(message.first_index());
+  result.logprobs.resize(message.first_index());
+  result.tokens.insert(result.tokens.end(), message.token_ids().begin(), message.token_ids().end());
+  result.logprobs.insert(result.logprobs.end(), message.logprobs().begin(),
+                         message.logprobs().end());
+}
+
+// Runs one stream to its end. `on_message` may act on the stream after each message.
+StreamResult Generate(
+    grpc::Channel& channel, const v1::StartGeneration& start,
+    const std::function<void(grpc::ClientContext&,
+                             grpc::ClientReaderWriter<v1::GenerateRequest, v1::GenerateResponse>&,
+                             const StreamResult&)>& on_message = nullptr) {
+  auto stub = v1::Replica::NewStub(std::shared_ptr<grpc::Channel>(&channel, [](grpc::Channel*) {}));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  auto stream = stub->Generate(&context);
+  v1::GenerateRequest request;
+  *request.mutable_start() = start;
+  StreamResult result;
+  if (stream->Write(request)) {
+    v1::GenerateResponse response;
+    while (stream->Read(&response)) {
+      result.messages.push_back(response);
+      Assemble(response, result);
+      if (on_message) on_message(context, *stream, result);
+    }
+  }
+  result.status = stream->Finish();
+  return result;
+}
+
+v1::LoadReport GetLoad(grpc::Channel& channel) {
+  auto stub = v1::Replica::NewStub(std::shared_ptr<grpc::Channel>(&channel, [](grpc::Channel*) {}));
+  grpc::ClientContext context;
+  v1::LoadReport report;
+  EXPECT_TRUE(stub->GetLoad(&context, v1::GetLoadRequest(), &report).ok());
+  return report;
+}
+
+class ReplicaServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_FALSE(worker_.address().empty()) << "reflect-worker did not report its port";
+    channel_ = Connect(worker_);
+    ASSERT_TRUE(WaitForHealth(*channel_, HealthCheckResponse::SERVING));
+  }
+
+  WorkerProcess worker_;
+  std::shared_ptr<grpc::Channel> channel_;
+};
+
+TEST_F(ReplicaServiceTest, ConcurrentStreamsGiveTheTokensOfAloneRuns) {
+  constexpr int kStreams = 16;
+  std::vector<v1::StartGeneration> starts;
+  for (int index = 0; index < kStreams; ++index) starts.push_back(Start(index, 6 + index % 7));
+  std::vector<StreamResult> alone;
+  for (const v1::StartGeneration& start : starts) alone.push_back(Generate(*channel_, start));
+
+  std::vector<StreamResult> together(kStreams);
+  std::vector<std::thread> threads;
+  for (int index = 0; index < kStreams; ++index) {
+    threads.emplace_back([&, index] { together[index] = Generate(*channel_, starts[index]); });
+  }
+  for (std::thread& thread : threads) thread.join();
+
+  for (int index = 0; index < kStreams; ++index) {
+    ASSERT_TRUE(alone[index].status.ok()) << alone[index].status.error_message();
+    ASSERT_TRUE(together[index].status.ok()) << together[index].status.error_message();
+    EXPECT_EQ(together[index].tokens.size(), static_cast<size_t>(6 + index % 7));
+    EXPECT_EQ(together[index].tokens, alone[index].tokens) << "stream " << index;
+    EXPECT_EQ(together[index].logprobs, alone[index].logprobs) << "stream " << index;
+    const v1::GenerateResponse& last = together[index].messages.back();
+    ASSERT_TRUE(last.has_finish());
+    EXPECT_EQ(last.finish().reason(), v1::FINISH_REASON_LENGTH);
+  }
+  const v1::LoadReport load = GetLoad(*channel_);
+  EXPECT_TRUE(load.accepting());
+  EXPECT_EQ(load.kv_cache_total_blocks(), 512);
+  EXPECT_EQ(load.replica_id(), worker_.address());
+  EXPECT_EQ(load.model(), "tiny");
+}
+
+TEST_F(ReplicaServiceTest, CancelledStreamFreesItsBlocks) {
+  const StreamResult result =
+      Generate(*channel_, Start(3, 3000),
+               [](grpc::ClientContext& context, auto&, const StreamResult& so_far) {
+                 if (so_far.tokens.size() >= 3) context.TryCancel();
+               });
+  EXPECT_EQ(result.status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_LT(result.tokens.size(), 3000u);
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  v1::LoadReport load = GetLoad(*channel_);
+  while (absl::Now() < deadline &&
+         (load.kv_cache_usage_ratio() > 0.0 || load.running_requests() > 0)) {
+    absl::SleepFor(absl::Milliseconds(10));
+    load = GetLoad(*channel_);
+  }
+  EXPECT_EQ(load.kv_cache_usage_ratio(), 0.0);
+  EXPECT_EQ(load.running_requests(), 0);
+  EXPECT_EQ(load.kv_cache_free_blocks(), load.kv_cache_total_blocks());
+}
+
+TEST_F(ReplicaServiceTest, ForceTokensRewindsTheStream) {
+  bool forced = false;
+  const StreamResult result = Generate(
+      *channel_, Start(4, 12), [&](grpc::ClientContext&, auto& stream, const StreamResult& so_far) {
+        if (forced || so_far.tokens.size() < 4) return;
+        forced = true;
+        v1::GenerateRequest request;
+        request.mutable_force()->set_at_index(2);
+        request.mutable_force()->add_token_ids(4000);
+        request.mutable_force()->add_token_ids(4001);
+        stream.Write(request);
+      });
+  ASSERT_TRUE(result.status.ok()) << result.status.error_message();
+  ASSERT_EQ(result.tokens.size(), 12u);
+  EXPECT_EQ(result.tokens[2], 4000);
+  EXPECT_EQ(result.tokens[3], 4001);
+  EXPECT_EQ(result.logprobs[2], 0.0f);
+}
+
+TEST_F(ReplicaServiceTest, BadStreamsGetClearStatuses) {
+  v1::StartGeneration empty = Start(1, 5);
+  empty.clear_prompt_token_ids();
+  EXPECT_EQ(Generate(*channel_, empty).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::StartGeneration outside = Start(1, 5);
+  outside.add_prompt_token_ids(1 << 30);
+  EXPECT_EQ(Generate(*channel_, outside).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(ReplicaServiceTest, SigtermFinishesInFlightStreamsThenExitsZero) {
+  // Long enough (~10 ms a step on the tiny model: seconds) that the worker still drains while the
+  // test checks health and sends a new request.
+  constexpr int kTokens = 300;
+  bool signalled = false;
+  HealthCheckResponse::ServingStatus health_while_draining = HealthCheckResponse::UNKNOWN;
+  StreamResult refused;
+  const StreamResult result =
+      Generate(*channel_, Start(5, kTokens), [&](grpc::ClientContext&, auto&, const StreamResult&) {
+        if (signalled) return;
+        signalled = true;
+        worker_.Signal(SIGTERM);
+        const absl::Time deadline = absl::Now() + absl::Seconds(5);
+        do {
+          health_while_draining = Health(*channel_);
+        } while (health_while_draining == HealthCheckResponse::SERVING && absl::Now() < deadline);
+        refused = Generate(*channel_, Start(6, 5));
+      });
+  ASSERT_TRUE(result.status.ok()) << result.status.error_message();
+  EXPECT_EQ(result.tokens.size(), static_cast<size_t>(kTokens));
+  EXPECT_TRUE(result.messages.back().has_finish());
+  EXPECT_EQ(health_while_draining, HealthCheckResponse::NOT_SERVING);
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(refused.status.error_message().find("draining"), std::string::npos)
+      << refused.status.error_message();
+  EXPECT_EQ(worker_.WaitForExit(absl::Seconds(30)), 0);
+}
+
+}  // namespace
+}  // namespace reflect

@@ -1,0 +1,172 @@
+// reflect-worker: one model replica (rank 0 = leader) serving reflect.internal.v1.Replica,
+// grpc.health.v1.Health and server reflection on --host:--port (DESIGN §1).
+//
+// Start-up: listen first (health NOT_SERVING, Generate UNAVAILABLE), print
+// "listening <host>:<port>" on stdout (the chosen port with --port 0), load the weights, size
+// the KV cache, start the engine loop, then health SERVING. SIGTERM / SIGINT: health NOT_SERVING,
+// stop admitting (UNAVAILABLE "draining"), finish every in-flight request, shut the server down,
+// exit 0. Signals are blocked in every thread and taken by sigwait in main, so no handler runs
+// in signal context.
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "common/command_line.h"
+#include "common/model_config.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
+#include "worker/cpu/cpu_backend.h"
+#include "worker/engine_loop.h"
+#include "worker/replica/replica_service.h"
+
+ABSL_FLAG(std::string, model, "", "Hugging Face model directory (config.json, safetensors)");
+ABSL_FLAG(std::string, host, "127.0.0.1", "Address to listen on");
+ABSL_FLAG(int32_t, port, 50061, "Port to listen on; 0: any free port (printed on stdout)");
+ABSL_FLAG(std::string, replica_id, "", "Id reported by GetLoad; empty: <host>:<port>");
+ABSL_FLAG(int32_t, threads, 0, "Engine threads; 0: one per core");
+ABSL_FLAG(int64_t, num_kv_blocks, 0, "KV cache blocks; 0: size from --kv_cache_gib");
+ABSL_FLAG(double, kv_cache_gib, 1.0, "KV cache size in GiB when --num_kv_blocks is 0");
+ABSL_FLAG(double, swap_space_gib, 0.0, "Host swap space for preempted sequences, in GiB");
+ABSL_FLAG(int32_t, block_size, 16, "Tokens per KV block");
+ABSL_FLAG(int32_t, max_num_seqs, 256, "Sequences running at once");
+ABSL_FLAG(int64_t, max_num_batched_tokens, 2048, "Tokens per engine step");
+ABSL_FLAG(int64_t, max_waiting_requests, 1024, "Queued requests beyond which new ones get 429");
+
+namespace reflect {
+namespace {
+
+constexpr char kReplicaService[] = "reflect.internal.v1.Replica";
+
+// KV blocks (K and V, f32, every layer and KV head) that fit in `gib`.
+int64_t BlocksForGib(const ModelConfig& config, int64_t block_size, double gib) {
+  const double block_bytes = 2.0 * 4.0 * static_cast<double>(config.num_hidden_layers) *
+                             static_cast<double>(config.num_key_value_heads) *
+                             static_cast<double>(config.head_dim) * static_cast<double>(block_size);
+  return static_cast<int64_t>(gib * 1024.0 * 1024.0 * 1024.0 / block_bytes);
+}
+
+void SetServing(grpc::Server& server, bool serving) {
+  grpc::HealthCheckServiceInterface* health = server.GetHealthCheckService();
+  health->SetServingStatus(kReplicaService, serving);
+  health->SetServingStatus("", serving);
+}
+
+int Serve() {
+  const std::string model_dir = absl::GetFlag(FLAGS_model);
+  if (model_dir.empty()) {
+    std::fprintf(stderr, "reflect-worker: --model is required\n");
+    return 2;
+  }
+  absl::StatusOr<ModelDirectoryConfig> model_config = LoadModelConfig(model_dir);
+  if (!model_config.ok()) {
+    std::fprintf(stderr, "reflect-worker: %s\n", model_config.status().ToString().c_str());
+    return 1;
+  }
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  const std::string host = absl::GetFlag(FLAGS_host);
+  int selected_port = 0;
+  ReplicaService service(std::filesystem::path(model_dir).filename().string());
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(absl::StrCat(host, ":", absl::GetFlag(FLAGS_port)),
+                           grpc::InsecureServerCredentials(), &selected_port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || selected_port == 0) {
+    std::fprintf(stderr, "reflect-worker: cannot listen on %s:%d\n", host.c_str(),
+                 absl::GetFlag(FLAGS_port));
+    return 1;
+  }
+  SetServing(*server, false);
+  std::printf("listening %s:%d\n", host.c_str(), selected_port);
+  std::fflush(stdout);
+
+  CpuBackendOptions backend_options;
+  backend_options.block_size = absl::GetFlag(FLAGS_block_size);
+  backend_options.num_threads = absl::GetFlag(FLAGS_threads);
+  backend_options.num_kv_blocks = absl::GetFlag(FLAGS_num_kv_blocks);
+  if (backend_options.num_kv_blocks == 0) {
+    backend_options.num_kv_blocks = BlocksForGib(model_config->model, backend_options.block_size,
+                                                 absl::GetFlag(FLAGS_kv_cache_gib));
+  }
+  backend_options.num_host_blocks = BlocksForGib(model_config->model, backend_options.block_size,
+                                                 absl::GetFlag(FLAGS_swap_space_gib));
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCpuBackend(model_dir, backend_options);
+  if (!backend.ok()) {
+    std::fprintf(stderr, "reflect-worker: %s\n", backend.status().ToString().c_str());
+    server->Shutdown();
+    return 1;
+  }
+  EngineLoopOptions engine_options;
+  engine_options.scheduler.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
+  engine_options.scheduler.max_num_batched_tokens = absl::GetFlag(FLAGS_max_num_batched_tokens);
+  engine_options.scheduler.max_waiting_requests = absl::GetFlag(FLAGS_max_waiting_requests);
+  engine_options.scheduler.max_model_length = model_config->model.max_position_embeddings;
+  engine_options.num_host_blocks = static_cast<int32_t>(backend_options.num_host_blocks);
+  engine_options.eos_token_ids = model_config->model.eos_token_ids;
+  absl::StatusOr<std::unique_ptr<EngineLoop>> engine =
+      EngineLoop::Create(std::move(*backend), engine_options);
+  if (!engine.ok()) {
+    std::fprintf(stderr, "reflect-worker: %s\n", engine.status().ToString().c_str());
+    server->Shutdown();
+    return 1;
+  }
+  std::string replica_id = absl::GetFlag(FLAGS_replica_id);
+  if (replica_id.empty()) replica_id = absl::StrCat(host, ":", selected_port);
+  service.SetEngine(engine->get(), std::move(replica_id));
+  SetServing(*server, true);
+  std::fprintf(stderr, "reflect-worker: serving %s on %s:%d with %lld KV blocks\n",
+               model_dir.c_str(), host.c_str(), selected_port,
+               static_cast<long long>(backend_options.num_kv_blocks));
+
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  std::fprintf(stderr, "reflect-worker: signal %d: draining\n", signal_number);
+  SetServing(*server, false);
+  (*engine)->BeginDrain();
+  (*engine)->WaitUntilDrained(absl::InfiniteDuration());
+  // In-flight streams have their last events; give them time to write them, then close.
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  (*engine)->Stop();
+  std::fprintf(stderr, "reflect-worker: drained, exiting\n");
+  return 0;
+}
+
+}  // namespace
+}  // namespace reflect
+
+int main(int argc, char** argv) {
+  // Before any thread starts, so that every thread inherits the mask and sigwait gets them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  absl::SetProgramUsageMessage("reflect-worker --model DIR [--port 50061] [--flags]");
+  std::vector<char*> args(argv, argv + argc);
+  std::vector<std::string> normalized_storage;
+  reflect::NormalizeFlagNames(args, normalized_storage);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  return reflect::Serve();
+}
