@@ -6,18 +6,10 @@
 #include <limits>
 #include <vector>
 
+#include "common/splitmix64.h"
+
 namespace reflect {
 namespace {
-
-// The SplitMix64 finalizer (Steele, Lea & Flood; constants of Stafford's "variant 13"): a
-// bijection on 64-bit words whose output bits each depend on every input bit.
-uint64_t Mix64(uint64_t value) {
-  value = (value ^ (value >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  value = (value ^ (value >> 27)) * 0x94D049BB133111EBULL;
-  return value ^ (value >> 31);
-}
-
-constexpr uint64_t kGoldenGamma = 0x9E3779B97F4A7C15ULL;
 
 // Token ids in [0, vocab_size) from `ids`, sorted, each once.
 std::vector<int32_t> DistinctIds(std::span<const int32_t> first, std::span<const int32_t> second,
@@ -131,11 +123,11 @@ class RankedVocabulary {
 }  // namespace
 
 double SamplingUniform(uint64_t seed, int64_t position) {
-  // Output number position + 1 of a SplitMix64 stream whose state starts at Mix64(seed): counter
-  // based, so any position is computed directly, and each seed gets its own stream.
-  const uint64_t stream = Mix64(seed);
+  // Output number position + 1 of a SplitMix64 stream whose state starts at SplitMix64Mix(seed):
+  // counter based, so any position is computed directly, and each seed gets its own stream.
+  const uint64_t stream = SplitMix64Mix(seed);
   const uint64_t counter = static_cast<uint64_t>(position) + 1;
-  const uint64_t bits = Mix64(stream + counter * kGoldenGamma);
+  const uint64_t bits = SplitMix64Mix(stream + counter * kSplitMix64Gamma);
   return static_cast<double>(bits >> 11) * 0x1.0p-53;
 }
 

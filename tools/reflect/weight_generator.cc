@@ -3,20 +3,10 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "common/splitmix64.h"
 
 namespace reflect::cli {
 namespace {
-
-constexpr uint64_t kGoldenGamma = 0x9E3779B97F4A7C15ull;
-
-uint64_t SplitMix64(uint64_t z) {
-  z ^= z >> 30;
-  z *= 0xBF58476D1CE4E5B9ull;
-  z ^= z >> 27;
-  z *= 0x94D049BB133111EBull;
-  z ^= z >> 31;
-  return z;
-}
 
 uint64_t Fnv1a64(std::string_view text) {
   uint64_t hash = 0xcbf29ce484222325ull;
@@ -35,7 +25,7 @@ constexpr double kNormNoise = 0.05;
 }  // namespace
 
 uint64_t TensorSeed(uint64_t seed, std::string_view tensor_name) {
-  return SplitMix64(seed ^ Fnv1a64(tensor_name));
+  return SplitMix64Mix(seed ^ Fnv1a64(tensor_name));
 }
 
 void FillUniform(uint64_t tensor_seed, double mean, double standard_deviation,
@@ -44,7 +34,7 @@ void FillUniform(uint64_t tensor_seed, double mean, double standard_deviation,
   const double half_width = standard_deviation * std::sqrt(3.0);
   for (size_t i = 0; i < values.size(); ++i) {
     const uint64_t index = static_cast<uint64_t>(first_element) + i;
-    const uint64_t bits = SplitMix64(tensor_seed + (index + 1) * kGoldenGamma);
+    const uint64_t bits = SplitMix64Mix(tensor_seed + (index + 1) * kSplitMix64Gamma);
     const double uniform = static_cast<double>(bits >> 11) * 0x1.0p-53;
     // Rounding the product on its own keeps compilers from fusing it with the add into an
     // FMA on some machines only, which would change bytes.
