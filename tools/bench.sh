@@ -9,10 +9,13 @@ models="${MODELS_DIR:-models}"
 echo "== tokenizer (single thread) =="
 "$build/tools/tokenizer_bench" --benchmark_min_time=1
 
+echo "== scheduler: planning one step =="
+"$build/tools/scheduler_bench"
+
 echo "== CPU kernels =="
 "$build/tools/cpu_kernels_bench" --benchmark_min_time=0.5
 
-echo "== engine, tiny preset (f32) =="
+echo "== engine, tiny preset (the demo model, bf16) =="
 "$reflect" bench --model "$models/tiny" --batch-sizes 1,8,32 --prompt-tokens 128 --decode-tokens 32
 
 if [ ! -f "$models/1b/config.json" ]; then
