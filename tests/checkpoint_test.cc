@@ -9,6 +9,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/support/process.h"
 #include "worker/safetensors_writer.h"
 
 namespace reflect {
@@ -22,13 +23,7 @@ std::string Message(const absl::Status& status) { return std::string(status.mess
 
 class CheckpointTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    directory_ = fs::path(::testing::TempDir()) /
-                 (std::string("checkpoint_test_") +
-                  ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(directory_);
-    fs::create_directories(directory_);
-  }
+  void SetUp() override { directory_ = testing::MakeTestDirectory("checkpoint_test"); }
   void TearDown() override { fs::remove_all(directory_); }
 
   // A safetensors file with an arbitrary header and `data_bytes` zero bytes of data.

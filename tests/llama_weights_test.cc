@@ -6,6 +6,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/process.h"
 #include "worker/safetensors_writer.h"
 
 namespace reflect {
@@ -65,13 +66,7 @@ std::vector<TensorToWrite> LlamaTensors(const ModelConfig& config, bool with_lm_
 
 class LlamaWeightsTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    directory_ = fs::path(::testing::TempDir()) /
-                 (std::string("llama_weights_test_") +
-                  ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(directory_);
-    fs::create_directories(directory_);
-  }
+  void SetUp() override { directory_ = testing::MakeTestDirectory("llama_weights_test"); }
   void TearDown() override { fs::remove_all(directory_); }
 
   std::unique_ptr<Checkpoint> Write(const std::vector<TensorToWrite>& tensors) {

@@ -42,13 +42,7 @@ std::string ReadFile(const fs::path& path) {
 
 class MkmodelTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    directory_ = fs::path(::testing::TempDir()) /
-                 (std::string("mkmodel_test_") +
-                  ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(directory_);
-    fs::create_directories(directory_);
-  }
+  void SetUp() override { directory_ = testing::MakeTestDirectory("mkmodel_test"); }
   void TearDown() override { fs::remove_all(directory_); }
 
   std::string Out(const std::string& name) const { return "--out " + (directory_ / name).string(); }

@@ -7,6 +7,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/support/process.h"
 
 namespace reflect {
 namespace {
@@ -56,13 +57,7 @@ absl::StatusOr<ModelConfig> Parse(const nlohmann::json& config) {
 
 class ModelDirectory {
  public:
-  ModelDirectory() {
-    path_ = std::filesystem::path(::testing::TempDir()) /
-            (std::string("model_config_test_") +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::remove_all(path_);
-    std::filesystem::create_directories(path_);
-  }
+  ModelDirectory() { path_ = testing::MakeTestDirectory("model_config_test"); }
   ~ModelDirectory() { std::filesystem::remove_all(path_); }
 
   void Write(const std::string& name, const std::string& text) const {

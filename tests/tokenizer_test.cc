@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "nlohmann/json.hpp"
+#include "tests/support/process.h"
 #include "tests/support/test_paths.h"
 
 namespace reflect {
@@ -107,9 +108,7 @@ TEST(TokenizerTest, HugeRunsRoundTrip) {
 
 TEST(TokenizerTest, LoadReportsMissingAndMalformedFiles) {
   EXPECT_EQ(Tokenizer::Load("/nonexistent/model").status().code(), absl::StatusCode::kNotFound);
-  const std::filesystem::path directory =
-      std::filesystem::path(::testing::TempDir()) / "malformed-tokenizer";
-  std::filesystem::create_directories(directory);
+  const std::filesystem::path directory = testing::MakeTestDirectory("malformed-tokenizer");
   for (const std::string contents :
        {"{not json", R"({"model": {"type": "WordPiece"}})", R"({"model": {"type": "BPE",
         "vocab": {"a": 0}, "merges": []}})",
