@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "common/chat_template.h"
 #include "common/sampling_params.h"
+#include "router/generation_output.h"
 
 namespace reflect {
 
@@ -21,12 +22,6 @@ enum class CompletionEndpoint {
   kChatCompletions,  // POST /v1/chat/completions
   kCompletions,      // POST /v1/completions
 };
-
-// How much of a reflection trace the client receives (docs/api.md, ReflectionOptions):
-// kFull: every section, tags removed (chat: thinking and reflection in `reasoning_content`, the
-// answer in `content`); kOutputOnly: the answer only; kVerbatim: the text exactly as the model
-// wrote it, tags included, all in `content` / `text`.
-enum class TraceMode { kFull, kOutputOnly, kVerbatim };
 
 // One prompt of /v1/completions: text (tokenized as-is) or token ids.
 using CompletionPrompt = std::variant<std::string, std::vector<int32_t>>;

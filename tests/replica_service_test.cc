@@ -26,6 +26,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "reflect/internal/v1/replica.grpc.pb.h"
+#include "tests/support/child_process.h"
 #include "tests/support/test_paths.h"
 
 namespace reflect {
@@ -37,68 +38,7 @@ using grpc::health::v1::HealthCheckResponse;
 
 constexpr absl::Duration kTimeout = absl::Seconds(60);
 
-// A reflect-worker child process; killed if the test ends before it exits.
-class WorkerProcess {
- public:
-  WorkerProcess() {
-    const std::string binary = std::string(REFLECT_BINARY_DIR) + "/worker/reflect-worker";
-    const std::string model = testing::TestModelPath("tiny").string();
-    std::vector<std::string> arguments = {binary, "--model",
-                                          model,  "--port",
-                                          "0",    "--threads",
-                                          "2",    "--num-kv-blocks",
-                                          "512",  "--max-num-batched-tokens",
-                                          "256"};
-    int output[2];
-    if (pipe2(output, O_CLOEXEC) != 0) return;
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(output[1], STDOUT_FILENO);
-      std::vector<char*> argv;
-      for (std::string& argument : arguments) argv.push_back(argument.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    close(output[1]);
-    // The first line: "listening 127.0.0.1:<port>".
-    std::string line;
-    char character = 0;
-    while (read(output[0], &character, 1) == 1 && character != '\n') line += character;
-    close(output[0]);
-    const size_t colon = line.rfind(':');
-    if (line.starts_with("listening ") && colon != std::string::npos) {
-      address_ = line.substr(10);
-    }
-  }
-  ~WorkerProcess() {
-    if (pid_ > 0 && !exited_) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-  }
-
-  const std::string& address() const { return address_; }
-  void Signal(int signal_number) { kill(pid_, signal_number); }
-  // The exit code, or -1 on timeout or a death by signal.
-  int WaitForExit(absl::Duration timeout) {
-    const absl::Time deadline = absl::Now() + timeout;
-    while (absl::Now() < deadline) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        exited_ = true;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      }
-      absl::SleepFor(absl::Milliseconds(20));
-    }
-    return -1;
-  }
-
- private:
-  pid_t pid_ = -1;
-  bool exited_ = false;
-  std::string address_;
-};
+using testing::WorkerProcess;
 
 std::shared_ptr<grpc::Channel> Connect(const WorkerProcess& worker) {
   return grpc::CreateChannel(worker.address(), grpc::InsecureChannelCredentials());
@@ -199,7 +139,7 @@ class ReplicaServiceTest : public ::testing::Test {
     ASSERT_TRUE(WaitForHealth(*channel_, HealthCheckResponse::SERVING));
   }
 
-  WorkerProcess worker_;
+  WorkerProcess worker_{testing::TestModelPath("tiny").string()};
   std::shared_ptr<grpc::Channel> channel_;
 };
 
@@ -293,7 +233,7 @@ TEST_F(ReplicaServiceTest, SigtermFinishesInFlightStreamsThenExitsZero) {
       Generate(*channel_, Start(5, kTokens), [&](grpc::ClientContext&, auto&, const StreamResult&) {
         if (signalled) return;
         signalled = true;
-        worker_.Signal(SIGTERM);
+        worker_.process().Signal(SIGTERM);
         const absl::Time deadline = absl::Now() + absl::Seconds(5);
         do {
           health_while_draining = Health(*channel_);
@@ -307,7 +247,7 @@ TEST_F(ReplicaServiceTest, SigtermFinishesInFlightStreamsThenExitsZero) {
   EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_NE(refused.status.error_message().find("draining"), std::string::npos)
       << refused.status.error_message();
-  EXPECT_EQ(worker_.WaitForExit(absl::Seconds(30)), 0);
+  EXPECT_EQ(worker_.process().WaitForExit(absl::Seconds(30)), 0);
 }
 
 }  // namespace

@@ -394,6 +394,14 @@ bool EngineLoop::Step() {
   if (ran) {
     ++steps_;
     last_step_seconds_ = absl::ToDoubleSeconds(absl::Now() - start);
+    if (options_.on_step) {
+      StepStats stats{.sequences = std::ssize(plan.sequences),
+                      .duration_seconds = last_step_seconds_};
+      for (const ScheduledSequence& entry : plan.sequences) {
+        stats.tokens += std::ssize(entry.token_ids);
+      }
+      options_.on_step(stats);
+    }
   }
   return ran;
 }

@@ -23,6 +23,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -41,6 +42,13 @@
 
 namespace reflect {
 
+// What one engine step did, for metrics (reflect_step_duration_seconds, reflect_batch_size).
+struct StepStats {
+  int64_t sequences = 0;          // sequences in the step (prefill chunks and decodes)
+  int64_t tokens = 0;             // tokens the step computed
+  double duration_seconds = 0.0;  // wall time of schedule, forward and sampling
+};
+
 struct EngineLoopOptions {
   SchedulerConfig scheduler;    // max_model_length: the model's context length
   int32_t num_host_blocks = 0;  // swap space; must equal the backend's host pool
@@ -48,6 +56,8 @@ struct EngineLoopOptions {
   std::vector<int32_t> eos_token_ids;  // the model's; ignored by requests with ignore_eos
   // How often an idle loop wakes to refresh its liveness timestamp.
   absl::Duration heartbeat_interval = absl::Seconds(1);
+  // Called on the engine thread after every step that ran; must not block. Unset: nothing.
+  std::function<void(const StepStats&)> on_step;
 };
 
 // One request as the engine takes it (validated by the router; the loop re-checks what a bad
