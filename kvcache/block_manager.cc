@@ -336,6 +336,7 @@ absl::Status BlockManager::CheckConsistency() const {
   }
   int32_t free_blocks = 0;
   int32_t indexed_blocks = 0;
+  int64_t computed_blocks = 0;
   for (int32_t block = 0; block < device_blocks_.num_blocks(); ++block) {
     const int32_t count = device_blocks_.ref_count(block);
     if (count != device_references[static_cast<size_t>(block)]) {
@@ -354,6 +355,7 @@ absl::Status BlockManager::CheckConsistency() const {
       return absl::InternalError(absl::StrCat("pending block ", block, " is unreferenced"));
     }
     if (count == 0 && !evictable) ++free_blocks;
+    if (state == PrefixCache::BlockState::kComputed) ++computed_blocks;
     if (state != PrefixCache::BlockState::kUncached) {
       ++indexed_blocks;
       if (prefix_cache_.Find(prefix_cache_.hash(block)) != block) {
@@ -363,6 +365,9 @@ absl::Status BlockManager::CheckConsistency() const {
   }
   if (free_blocks != device_blocks_.num_free() || indexed_blocks != prefix_cache_.num_entries()) {
     return absl::InternalError("free stack or prefix index size disagrees with the blocks");
+  }
+  if (computed_blocks != prefix_cache_.num_computed()) {
+    return absl::InternalError("the prefix cache's computed count disagrees with the blocks");
   }
   int32_t free_host_blocks = 0;
   for (int32_t block = 0; block < host_blocks_.num_blocks(); ++block) {

@@ -18,6 +18,8 @@
 // released first. A sequence frees its blocks last-to-first so a chain's tail is evicted
 // before its head. Counters count tokens: prefix_cache_queried_tokens grows by the sequence's
 // length at each admission, prefix_cache_hit_tokens by the tokens found cached.
+// prefix_cache().ForEachComputedHash visits the hashes of every shareable block (in use or
+// evictable), for the replica's PrefixCacheSummary.
 //
 // Ownership: owns its allocators and index; holds metadata only — the worker owns KV memory
 // and performs the BlockCopy / BlockSwap operations returned here. Thread-safety: none (the

@@ -20,7 +20,13 @@ bool PrefixCache::Register(int32_t block, uint64_t hash, BlockState state) {
   if (!block_by_hash_.try_emplace(hash, block).second) return false;
   states_[index] = state;
   hashes_[index] = hash;
+  if (state == BlockState::kComputed) ComputedSetChanged(+1);
   return true;
+}
+
+void PrefixCache::ComputedSetChanged(int64_t delta) {
+  num_computed_ += delta;
+  ++computed_version_;
 }
 
 bool PrefixCache::RegisterPending(int32_t block, uint64_t hash) {
@@ -33,13 +39,16 @@ bool PrefixCache::RegisterComputed(int32_t block, uint64_t hash) {
 
 void PrefixCache::MarkComputed(int32_t block) {
   const auto index = static_cast<size_t>(block);
-  if (states_[index] == BlockState::kPending) states_[index] = BlockState::kComputed;
+  if (states_[index] != BlockState::kPending) return;
+  states_[index] = BlockState::kComputed;
+  ComputedSetChanged(+1);
 }
 
 void PrefixCache::Forget(int32_t block) {
   const auto index = static_cast<size_t>(block);
   if (states_[index] == BlockState::kUncached) return;
   block_by_hash_.erase(hashes_[index]);
+  if (states_[index] == BlockState::kComputed) ComputedSetChanged(-1);
   states_[index] = BlockState::kUncached;
 }
 

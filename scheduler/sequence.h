@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "absl/time/time.h"
-#include "kvcache/block_hash.h"
+#include "common/block_hash.h"
 
 namespace reflect {
 

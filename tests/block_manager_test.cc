@@ -11,9 +11,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "common/block_hash.h"
 #include "gtest/gtest.h"
 #include "kvcache/block_allocator.h"
-#include "kvcache/block_hash.h"
 
 namespace reflect {
 namespace {
@@ -193,6 +193,39 @@ TEST(BlockManagerTest, FreeingUncomputedBlocksDropsTheirCacheEntries) {
   EXPECT_EQ(manager.num_cached_blocks(), 0);
   EXPECT_EQ(manager.num_free_blocks(), 16);
   EXPECT_FALSE(manager.MatchPrefix(hashes, 10).waits_for_pending);
+}
+
+// What the replica's PrefixCacheSummary is built from: exactly the computed entries, in use or
+// evictable, and a version that moves only when that set does.
+TEST(BlockManagerTest, VisitsTheHashesOfComputedBlocksOnly) {
+  BlockManager manager(Config(4));
+  const auto computed_hashes = [&manager] {
+    std::set<uint64_t> hashes;
+    manager.prefix_cache().ForEachComputedHash([&hashes](uint64_t hash) { hashes.insert(hash); });
+    return hashes;
+  };
+  const uint64_t initial = manager.prefix_cache().computed_version();
+  const std::vector<uint64_t> first = Hashes(Tokens(1, 9));
+  ASSERT_TRUE(manager.Admit(1, first, manager.MatchPrefix(first, 9), 9).ok());
+  EXPECT_TRUE(computed_hashes().empty()) << "pending blocks are not shareable yet";
+  EXPECT_EQ(manager.prefix_cache().computed_version(), initial);
+  manager.MarkComputed(1, first, 9);
+  EXPECT_EQ(computed_hashes(), (std::set<uint64_t>{first[0], first[1]}));
+  EXPECT_EQ(manager.prefix_cache().num_computed(), 2);
+  const uint64_t after_compute = manager.prefix_cache().computed_version();
+  EXPECT_NE(after_compute, initial);
+
+  manager.Free(1);  // evictable, still cached
+  EXPECT_EQ(computed_hashes(), (std::set<uint64_t>{first[0], first[1]}));
+  EXPECT_EQ(manager.prefix_cache().computed_version(), after_compute);
+
+  // A sequence that needs every block evicts both cached ones.
+  AdmitComputed(manager, 2, Tokens(50, 13));
+  const std::vector<uint64_t> second = Hashes(Tokens(50, 13));
+  EXPECT_EQ(computed_hashes(), (std::set<uint64_t>(second.begin(), second.end())));
+  EXPECT_EQ(manager.prefix_cache().num_computed(), 3);
+  EXPECT_NE(manager.prefix_cache().computed_version(), after_compute);
+  EXPECT_TRUE(manager.CheckConsistency().ok()) << manager.CheckConsistency();
 }
 
 TEST(BlockManagerTest, AppendingIntoASharedPartialBlockCopiesItFirst) {

@@ -1,8 +1,9 @@
 // EngineLoop on the real CPU backend and the tiny test model: concurrent requests from several
 // threads give exactly the tokens each gives alone (batch invariance + (seed, position) draws),
 // also under KV pressure with swap or recompute preemption; cancellation mid-prefill and
-// mid-decode frees every block; a shared system prompt hits the prefix cache; deadlines, a full
-// queue, bad input, draining and stopping give their statuses.
+// mid-decode frees every block; a shared system prompt hits the prefix cache, and a finished
+// prompt's blocks show in the published prefix-cache summary; deadlines, a full queue, bad input,
+// draining and stopping give their statuses.
 #include "worker/engine_loop.h"
 
 #include <gtest/gtest.h>
@@ -16,7 +17,9 @@
 #include <thread>
 #include <vector>
 
+#include "common/block_hash.h"
 #include "common/model_config.h"
+#include "common/prefix_summary.h"
 #include "tests/support/test_paths.h"
 #include "worker/cpu/cpu_backend.h"
 
@@ -91,6 +94,7 @@ struct EngineSetup {
   int64_t num_kv_blocks = 256;
   int64_t num_host_blocks = 0;
   SchedulerConfig scheduler;
+  int64_t prefix_summary_bytes = 64 * 1024;
 };
 
 std::unique_ptr<EngineLoop> MakeEngine(EngineSetup setup = {}) {
@@ -108,6 +112,7 @@ std::unique_ptr<EngineLoop> MakeEngine(EngineSetup setup = {}) {
   options.scheduler.max_model_length = 4096;
   options.num_host_blocks = static_cast<int32_t>(setup.num_host_blocks);
   options.eos_token_ids = config->model.eos_token_ids;
+  options.prefix_summary_bytes = setup.prefix_summary_bytes;
   absl::StatusOr<std::unique_ptr<EngineLoop>> engine =
       EngineLoop::Create(std::move(*backend), options);
   EXPECT_TRUE(engine.ok()) << engine.status();
@@ -302,6 +307,56 @@ TEST(EngineLoopTest, SharedSystemPromptHitsThePrefixCache) {
   EXPECT_EQ(sinks[1]->summary().cached_prompt_tokens, 80);
   EXPECT_EQ(sinks[2]->summary().cached_prompt_tokens, 80);
   EXPECT_GE(engine->Load().prefix_cache_hit_tokens, 160);
+}
+
+std::vector<uint64_t> BlockHashes(const std::vector<int32_t>& tokens) {
+  BlockHashChain chain(16);  // the CPU backend's default block size
+  chain.Extend(tokens);
+  return {chain.hashes().begin(), chain.hashes().end()};
+}
+
+TEST(EngineLoopTest, PrefixCacheSummaryHoldsAFinishedPromptsBlocks) {
+  std::unique_ptr<EngineLoop> engine = MakeEngine();
+  const std::shared_ptr<const PrefixSummary> initial = engine->PrefixCacheSummary();
+  ASSERT_NE(initial, nullptr);
+  EXPECT_EQ(initial->block_size_tokens, 16);
+  EXPECT_EQ(initial->probe_count, 7);
+  EXPECT_TRUE(initial->bits.empty()) << "nothing cached yet";
+
+  const std::vector<int32_t> prompt = Tokens(64, 42);
+  auto sink = std::make_shared<RecordingSink>();
+  ASSERT_TRUE(engine->Submit(Request(prompt, 4), sink).ok());
+  ASSERT_TRUE(sink->Wait().ok());
+  const std::vector<uint64_t> hashes = BlockHashes(prompt);
+  ASSERT_EQ(hashes.size(), 4u);
+  // Rebuilt within the interval (100 ms) after the prefill step; allow 1 s.
+  std::shared_ptr<const PrefixSummary> summary = engine->PrefixCacheSummary();
+  const absl::Time deadline = absl::Now() + absl::Seconds(1);
+  while (CountCachedLeadingBlocks(*summary, hashes) < 4 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+    summary = engine->PrefixCacheSummary();
+  }
+  EXPECT_EQ(CountCachedLeadingBlocks(*summary, hashes), 4);
+  EXPECT_EQ(summary->bits.size(), 64u * 1024u);
+  // 64 prompt + 3 computed generated tokens: the four prompt blocks are the only full ones.
+  EXPECT_EQ(summary->inserted_blocks, 4);
+  const std::vector<uint64_t> other = BlockHashes(Tokens(32, 7));
+  EXPECT_FALSE(MayContainBlockHash(*summary, other[0]));
+  EXPECT_EQ(CountCachedLeadingBlocks(*summary, other), 0);
+
+  // Unchanged cache, no rebuild: readers keep getting the same immutable filter.
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_EQ(engine->PrefixCacheSummary(), summary);
+}
+
+TEST(EngineLoopTest, NoPrefixCacheSummaryWhenItsSizeIsZero) {
+  EngineSetup setup;
+  setup.prefix_summary_bytes = 0;
+  std::unique_ptr<EngineLoop> engine = MakeEngine(setup);
+  auto sink = std::make_shared<RecordingSink>();
+  ASSERT_TRUE(engine->Submit(Request(Tokens(40, 3), 2), sink).ok());
+  ASSERT_TRUE(sink->Wait().ok());
+  EXPECT_EQ(engine->PrefixCacheSummary(), nullptr);
 }
 
 TEST(EngineLoopTest, DeadlinesGiveDeadlineExceeded) {

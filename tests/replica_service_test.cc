@@ -1,7 +1,8 @@
 // The real reflect-worker process on the tiny test model, driven with real gRPC clients:
 // health goes SERVING after the weights load; 16 concurrent Generate streams give exactly the
-// tokens each gives alone; a cancelled stream frees its KV blocks (GetLoad); ForceTokens
-// rewinds; SIGTERM mid-stream lets the stream finish, refuses new work, and exits 0.
+// tokens each gives alone; a cancelled stream frees its KV blocks (GetLoad); GetLoad's prefix-cache
+// summary holds a finished prompt's blocks; ForceTokens rewinds; SIGTERM mid-stream lets the
+// stream finish, refuses new work, and exits 0.
 //
 // The worker is started with --port 0 and prints "listening <host>:<port>" on stdout, so tests
 // running at once never race for a port.
@@ -21,6 +22,8 @@
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/block_hash.h"
+#include "common/prefix_summary.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
@@ -192,6 +195,47 @@ TEST_F(ReplicaServiceTest, CancelledStreamFreesItsBlocks) {
   EXPECT_EQ(load.kv_cache_usage_ratio(), 0.0);
   EXPECT_EQ(load.running_requests(), 0);
   EXPECT_EQ(load.kv_cache_free_blocks(), load.kv_cache_total_blocks());
+}
+
+TEST_F(ReplicaServiceTest, GetLoadReportsThePrefixCacheSummary) {
+  const v1::LoadReport before = GetLoad(*channel_);
+  EXPECT_EQ(before.prefix_cache().hash_function(), v1::BLOCK_HASH_FUNCTION_FNV1A_64_CHAINED);
+  EXPECT_TRUE(before.prefix_cache().bits().empty()) << "nothing cached yet";
+
+  v1::StartGeneration start = Start(7, 3);
+  start.clear_prompt_token_ids();
+  std::vector<int32_t> prompt;
+  for (int32_t position = 0; position < 64; ++position) prompt.push_back(500 + 37 * position);
+  for (const int32_t id : prompt) start.add_prompt_token_ids(id);
+  const StreamResult result = Generate(*channel_, start);
+  ASSERT_TRUE(result.status.ok()) << result.status.error_message();
+
+  BlockHashChain chain(16);
+  chain.Extend(prompt);
+  // The router's view: the summary as the proto carries it.
+  const auto summary_of = [](const v1::LoadReport& load) {
+    return PrefixSummary{.block_size_tokens = load.prefix_cache().block_size_tokens(),
+                         .probe_count = load.prefix_cache().probe_count(),
+                         .bits = load.prefix_cache().bits(),
+                         .inserted_blocks = load.prefix_cache().inserted_blocks()};
+  };
+  // The engine rebuilds the summary at most every 100 ms; allow 1 s.
+  v1::LoadReport load = GetLoad(*channel_);
+  const absl::Time deadline = absl::Now() + absl::Seconds(1);
+  while (CountCachedLeadingBlocks(summary_of(load), chain.hashes()) < 4 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+    load = GetLoad(*channel_);
+  }
+  const v1::PrefixCacheSummary& prefix = load.prefix_cache();
+  EXPECT_EQ(prefix.block_size_tokens(), 16);
+  EXPECT_EQ(prefix.hash_function(), v1::BLOCK_HASH_FUNCTION_FNV1A_64_CHAINED);
+  EXPECT_EQ(prefix.probe_count(), 7);
+  EXPECT_EQ(prefix.bits().size(), 64u * 1024u);
+  EXPECT_EQ(prefix.inserted_blocks(), 4);
+  EXPECT_EQ(CountCachedLeadingBlocks(summary_of(load), chain.hashes()), 4);
+  BlockHashChain other(16);
+  other.Extend(std::vector<int32_t>(16, 9));
+  EXPECT_EQ(CountCachedLeadingBlocks(summary_of(load), other.hashes()), 0);
 }
 
 TEST_F(ReplicaServiceTest, ForceTokensRewindsTheStream) {

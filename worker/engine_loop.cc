@@ -19,11 +19,37 @@ bool Contains(const std::vector<int32_t>& ids, int32_t id) {
   return std::find(ids.begin(), ids.end(), id) != ids.end();
 }
 
+bool SummarizesPrefixCache(const EngineLoopOptions& options) {
+  return options.enable_prefix_caching && options.prefix_summary_bytes > 0;
+}
+
+// The Bloom filter of every computed cached block. An empty cache gives empty bits (what the
+// proto means by "nothing cached"), so an idle replica does not ship a filter of zeros.
+PrefixSummary SummarizePrefixCache(const BlockManager& blocks, const EngineLoopOptions& options) {
+  const PrefixCache& cache = blocks.prefix_cache();
+  if (cache.num_computed() == 0) {
+    return PrefixSummary{.block_size_tokens = blocks.block_size(),
+                         .probe_count = options.prefix_summary_probes,
+                         .bits = {},
+                         .inserted_blocks = 0};
+  }
+  PrefixSummary summary = MakePrefixSummary(blocks.block_size(), options.prefix_summary_bytes,
+                                            options.prefix_summary_probes);
+  cache.ForEachComputedHash([&summary](uint64_t hash) { InsertBlockHash(hash, summary); });
+  return summary;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<EngineLoop>> EngineLoop::Create(std::unique_ptr<Backend> backend,
                                                                const EngineLoopOptions& options) {
   if (backend == nullptr) return absl::InvalidArgumentError("EngineLoop: no backend");
+  if (options.prefix_summary_bytes < 0 ||
+      (options.prefix_summary_bytes > 0 && options.prefix_summary_probes <= 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("EngineLoop: prefix summary of ", options.prefix_summary_bytes, " bytes with ",
+                     options.prefix_summary_probes, " probes; want bytes >= 0 and probes > 0"));
+  }
   const BlockManagerConfig kv_config{
       .block_size = static_cast<int32_t>(backend->block_size()),
       .num_device_blocks = static_cast<int32_t>(backend->num_kv_blocks()),
@@ -34,6 +60,13 @@ absl::StatusOr<std::unique_ptr<EngineLoop>> EngineLoop::Create(std::unique_ptr<B
   std::unique_ptr<EngineLoop> loop(
       new EngineLoop(std::move(backend), options, std::move(scheduler)));
   loop->Publish(0, 0);
+  if (SummarizesPrefixCache(options)) {
+    // Published before the thread starts, so GetLoad reports the summary's shape from the start.
+    loop->prefix_summary_ = std::make_shared<const PrefixSummary>(
+        SummarizePrefixCache(loop->scheduler_->block_manager(), options));
+    loop->summarized_cache_version_ =
+        loop->scheduler_->block_manager().prefix_cache().computed_version();
+  }
   loop->thread_ = std::thread([raw = loop.get()] { raw->Run(); });
   return loop;
 }
@@ -153,6 +186,31 @@ EngineLoad EngineLoop::Load() const {
   return load;
 }
 
+std::shared_ptr<const PrefixSummary> EngineLoop::PrefixCacheSummary() const {
+  const std::lock_guard lock(mutex_);
+  return prefix_summary_;
+}
+
+absl::Duration EngineLoop::RefreshPrefixSummary(absl::Time now) {
+  if (!SummarizesPrefixCache(options_)) return absl::InfiniteDuration();
+  const BlockManager& blocks = scheduler_->block_manager();
+  const uint64_t version = blocks.prefix_cache().computed_version();
+  if (version == summarized_cache_version_) return absl::InfiniteDuration();
+  const absl::Time due = last_summary_time_ + options_.prefix_summary_interval;
+  if (now < due) return due - now;
+  std::shared_ptr<const PrefixSummary> summary =
+      std::make_shared<const PrefixSummary>(SummarizePrefixCache(blocks, options_));
+  summarized_cache_version_ = version;
+  last_summary_time_ = now;
+  {
+    const std::lock_guard lock(mutex_);
+    prefix_summary_.swap(summary);
+  }
+  // `summary` now holds the previous filter: freed here, outside the lock, unless a reader
+  // still holds it.
+  return absl::InfiniteDuration();
+}
+
 bool EngineLoop::TakeCommands(std::vector<Command>& commands, absl::Duration wait) {
   std::unique_lock lock(mutex_);
   if (wait > absl::ZeroDuration()) {
@@ -185,11 +243,17 @@ void EngineLoop::Run() {
     // The queue bound Submit checks must see the adds move into the scheduler now, not after
     // the step (whose sinks may already make callers submit more).
     Publish(applied_adds, applied_add_tokens);
-    if (!HasWork()) {
-      wait = options_.heartbeat_interval;
-    } else {
-      wait = Step() ? absl::ZeroDuration() : kStalledWait;
+    bool ran = false;
+    if (HasWork()) {
+      ran = Step();
       Publish(0, 0);
+    }
+    // Between steps, never inside one: the rebuild delays at most the next step, once per interval.
+    const absl::Duration summary_due = RefreshPrefixSummary(absl::Now());
+    if (!HasWork()) {
+      wait = std::min(options_.heartbeat_interval, summary_due);
+    } else {
+      wait = ran ? absl::ZeroDuration() : std::min(kStalledWait, summary_due);
     }
   }
   // Stopping: refuse what was still queued, end what runs.

@@ -12,12 +12,20 @@
 // kServing accepts requests; kDraining and later answer Submit with UNAVAILABLE "draining" while
 // in-flight requests run to the end; Stop ends whatever is left with UNAVAILABLE.
 //
+// Prefix-cache summary (for GetLoad's prefix affinity): between steps the engine thread rebuilds a
+// Bloom filter of the computed cached blocks' hashes, only when the cache changed and at most once
+// per prefix_summary_interval, and publishes it as an immutable shared_ptr, so readers copy a
+// pointer under the mutex, never the filter, and never see one half built.
+//
 // Ownership: owns the Backend, the Scheduler (and through it the BlockManager), each request's
 // sampling state and a shared reference to its sink until OnFinished. Thread-safety: Submit,
-// Cancel, Force, BeginDrain, WaitUntilDrained, Load and Stop may be called from any thread; they
-// take a short mutex and never wait for a step (WaitUntilDrained waits by design). Sinks run on the
-// engine thread. Cost: a command costs a queue push; each step is one Forward plus O(batch)
-// bookkeeping; an idle loop sleeps on a condition variable, waking every heartbeat interval.
+// Cancel, Force, BeginDrain, WaitUntilDrained, Load, PrefixCacheSummary and Stop may be called
+// from any thread; they take a short mutex and never wait for a step (WaitUntilDrained waits by
+// design). Sinks run on the engine thread. Cost: a command costs a queue push; each step is one
+// Forward plus O(batch) bookkeeping; an idle loop sleeps on a condition variable, waking every
+// heartbeat interval (or sooner when a summary rebuild is due). A summary rebuild scans the block
+// states and sets k bits per computed block: 0.6-0.9 ms for 50 000 blocks on a 2-core VM, at most
+// once per interval and never while the cache is unchanged.
 #pragma once
 
 #include <atomic>
@@ -35,6 +43,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/prefix_summary.h"
 #include "common/sampling_params.h"
 #include "scheduler/scheduler.h"
 #include "worker/backend.h"
@@ -58,6 +67,12 @@ struct EngineLoopOptions {
   absl::Duration heartbeat_interval = absl::Seconds(1);
   // Called on the engine thread after every step that ran; must not block. Unset: nothing.
   std::function<void(const StepStats&)> on_step;
+  // The prefix-cache summary (PrefixCacheSummary): its Bloom filter size (0: no summary), probes
+  // per hash, and the least time between two rebuilds. 64 KiB and 7 probes hold 50 000 blocks at
+  // about 0.65% false positives.
+  int64_t prefix_summary_bytes = 64 * 1024;
+  int32_t prefix_summary_probes = 7;
+  absl::Duration prefix_summary_interval = absl::Milliseconds(100);
 };
 
 // One request as the engine takes it (validated by the router; the loop re-checks what a bad
@@ -128,6 +143,10 @@ class EngineLoop {
   void Stop();
 
   EngineLoad Load() const;
+  // The latest summary of the computed cached blocks, at most prefix_summary_interval (plus one
+  // step) behind the cache; its bits are empty while nothing is cached. Null when
+  // prefix_summary_bytes is 0 or prefix caching is off.
+  std::shared_ptr<const PrefixSummary> PrefixCacheSummary() const;
   int64_t vocab_size() const { return vocab_size_; }
 
  private:
@@ -185,6 +204,10 @@ class EngineLoop {
   // drain waiters; takes mutex_. Called after commands are applied, after Schedule, and after
   // each step, so the counts are exact whenever a sink runs.
   void Publish(int64_t applied_adds, int64_t applied_add_tokens);
+  // Rebuilds and publishes the prefix-cache summary if the cache changed since the last one and
+  // the interval has passed. Returns how long until a pending rebuild is due (so an idle loop
+  // wakes for it), or InfiniteDuration when the summary is current or off.
+  absl::Duration RefreshPrefixSummary(absl::Time now);
 
   const EngineLoopOptions options_;
   const int64_t vocab_size_;
@@ -201,6 +224,9 @@ class EngineLoop {
   std::vector<RetiredSequence> finished_;
   int64_t steps_ = 0;
   double last_step_seconds_ = 0.0;
+  // The PrefixCache::computed_version the published summary was built from, and when.
+  uint64_t summarized_cache_version_ = 0;
+  absl::Time last_summary_time_ = absl::InfinitePast();
 
   mutable std::mutex mutex_;
   std::condition_variable wake_engine_;    // commands queued, or stop
@@ -219,6 +245,7 @@ class EngineLoop {
   bool stopping_ = false;
   bool stopped_ = false;  // the engine thread has ended every request and exited
   EngineLoad load_;
+  std::shared_ptr<const PrefixSummary> prefix_summary_;  // guarded by mutex_; null when off
   std::atomic<int64_t> next_sequence_id_{1};
   std::thread thread_;
 };

@@ -93,6 +93,15 @@ internal::v1::LoadReport LoadReportFromEngine(const EngineLoad& load, std::strin
   return report;
 }
 
+void PrefixCacheSummaryToProto(const PrefixSummary& summary,
+                               internal::v1::PrefixCacheSummary& proto) {
+  proto.set_block_size_tokens(summary.block_size_tokens);
+  proto.set_hash_function(internal::v1::BLOCK_HASH_FUNCTION_FNV1A_64_CHAINED);
+  proto.set_probe_count(summary.probe_count);
+  proto.set_bits(summary.bits);
+  proto.set_inserted_blocks(summary.inserted_blocks);
+}
+
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }

@@ -7,6 +7,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/prefix_summary.h"
 #include "grpcpp/support/status.h"
 #include "reflect/internal/v1/replica.pb.h"
 #include "worker/engine_loop.h"
@@ -31,6 +32,12 @@ void SetFinish(const GenerationSummary& summary, internal::v1::GenerateResponse&
 
 internal::v1::LoadReport LoadReportFromEngine(const EngineLoad& load, std::string_view replica_id,
                                               std::string_view model);
+
+// Fills `proto` from the engine's summary. The hash function is FNV1A_64_CHAINED because that is
+// what common/block_hash.h computes for the prefix cache itself. Copies the bits (64 KiB by
+// default): one copy per GetLoad.
+void PrefixCacheSummaryToProto(const PrefixSummary& summary,
+                               internal::v1::PrefixCacheSummary& proto);
 
 // Same code and message.
 grpc::Status ToGrpcStatus(const absl::Status& status);

@@ -262,6 +262,13 @@ grpc::ServerUnaryReactor* ReplicaService::GetLoad(grpc::CallbackServerContext* c
   }
   *report =
       LoadReportFromEngine(engine != nullptr ? engine->Load() : EngineLoad{}, replica_id, model_);
+  // A pointer copy under the engine's mutex; the filter itself is copied here, on the gRPC
+  // thread, never on the engine's.
+  if (const std::shared_ptr<const PrefixSummary> summary =
+          engine != nullptr ? engine->PrefixCacheSummary() : nullptr;
+      summary != nullptr) {
+    PrefixCacheSummaryToProto(*summary, *report->mutable_prefix_cache());
+  }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;

@@ -7,7 +7,9 @@
 // reactor, which keeps one Write outstanding and packs the tokens that piled up meanwhile into
 // one message. No reaction blocks: each does a queue push or a short locked update.
 //
-// GetLoad answers from EngineLoop::Load (a locked copy), never waiting for a step.
+// GetLoad answers from EngineLoop::Load (a locked copy) and EngineLoop::PrefixCacheSummary (a
+// shared pointer to an immutable filter, copied into the reply here), never waiting for a step.
+// prefix_cache is left unset (hash_function UNSPECIFIED) when the engine keeps no summary.
 //
 // Before SetEngine (weights loading) Generate answers UNAVAILABLE and GetLoad reports
 // accepting = false.
