@@ -6,7 +6,10 @@
 // reflect_num_requests_running / _waiting (the router's view: queued = waiting), and the
 // histograms reflect_time_to_first_token_seconds, reflect_time_to_first_output_token_seconds,
 // reflect_inter_token_latency_seconds, reflect_e2e_request_latency_seconds,
-// reflect_request_queue_time_seconds. Every series carries model_name.
+// reflect_request_queue_time_seconds, and reflect_reflections_per_request (DESIGN §7 counts
+// reflections per request). Every series carries model_name. Every label value a method can
+// produce is created up front, so each series exists (at 0) from the first scrape and rate()
+// sees its first increase.
 //
 // Thread-safety: every method may be called from any thread (prometheus-cpp's metrics are
 // atomic). Cost: a few atomic adds per call; Serialize is O(series).

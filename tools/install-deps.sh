@@ -6,6 +6,9 @@
 #                      transformers, torch) used only to regenerate test fixtures.
 set -euo pipefail
 
+# prometheus: the real Prometheus server that tests/prometheus_scrape_test.cc runs as a child
+# process (its systemd service is not used) to scrape the worker's and router's /metrics.
+
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
@@ -15,6 +18,7 @@ APT_PACKAGES=(
   libabsl-dev prometheus-cpp-dev libgloo-dev libpcre2-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev libboost1.74-dev libssl-dev
   python3 python3-numpy
+  prometheus
 )
 
 missing=()

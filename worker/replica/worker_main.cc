@@ -2,11 +2,12 @@
 // grpc.health.v1.Health and server reflection on --host:--port (DESIGN §1).
 //
 // Start-up: listen first (health NOT_SERVING, Generate UNAVAILABLE), print
-// "listening <host>:<port>" on stdout (the chosen port with --port 0), load the weights, size
-// the KV cache, start the engine loop, then health SERVING. SIGTERM / SIGINT: health NOT_SERVING,
-// stop admitting (UNAVAILABLE "draining"), finish every in-flight request, shut the server down,
-// exit 0. Signals are blocked in every thread and taken by sigwait in main, so no handler runs
-// in signal context.
+// "listening <host>:<port>" on stdout (the chosen port with --port 0); with --metrics_port, serve
+// Prometheus /metrics (docs/metrics.md) and print "metrics <host>:<port>" next; load the weights,
+// size the KV cache, start the engine loop, then health SERVING. SIGTERM / SIGINT: health
+// NOT_SERVING, stop admitting (UNAVAILABLE "draining"), finish every in-flight request, shut the
+// server down, exit 0. Signals are blocked in every thread and taken by sigwait in main, so no
+// handler runs in signal context.
 #include <signal.h>
 
 #include <algorithm>
@@ -30,8 +31,10 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
+#include "prometheus/exposer.h"
 #include "worker/cpu/cpu_backend.h"
 #include "worker/engine_loop.h"
+#include "worker/replica/replica_metrics.h"
 #include "worker/replica/replica_service.h"
 
 ABSL_FLAG(std::string, model, "", "Hugging Face model directory (config.json, safetensors)");
@@ -45,6 +48,9 @@ ABSL_FLAG(double, swap_space_gib, 0.0, "Host swap space for preempted sequences,
 ABSL_FLAG(int32_t, block_size, 16, "Tokens per KV block");
 ABSL_FLAG(int32_t, max_num_seqs, 256, "Sequences running at once");
 ABSL_FLAG(int64_t, max_num_batched_tokens, 2048, "Tokens per engine step");
+ABSL_FLAG(int32_t, metrics_port, -1,
+          "Port serving Prometheus /metrics on --host; -1: off; 0: any free port (printed on "
+          "stdout)");
 ABSL_FLAG(int64_t, max_waiting_requests, 1024, "Queued requests beyond which new ones get 429");
 
 namespace reflect {
@@ -58,6 +64,31 @@ int64_t BlocksForGib(const ModelConfig& config, int64_t block_size, double gib) 
                              static_cast<double>(config.num_key_value_heads) *
                              static_cast<double>(config.head_dim) * static_cast<double>(block_size);
   return static_cast<int64_t>(gib * 1024.0 * 1024.0 * 1024.0 / block_bytes);
+}
+
+// Serves `metrics` on host:port (port 0: any free one) and prints "metrics <host>:<port>";
+// null, after an error message, when it cannot listen.
+std::unique_ptr<prometheus::Exposer> ServeMetrics(const std::string& host, int32_t port,
+                                                  ReplicaMetrics& metrics) {
+  // civetweb wants an IPv6 address in brackets.
+  const std::string bind_host = host.find(':') != std::string::npos ? "[" + host + "]" : host;
+  std::unique_ptr<prometheus::Exposer> exposer;
+  try {
+    exposer = std::make_unique<prometheus::Exposer>(absl::StrCat(bind_host, ":", port));
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "reflect-worker: cannot serve metrics on %s:%d: %s\n", host.c_str(), port,
+                 error.what());
+    return nullptr;
+  }
+  const std::vector<int> ports = exposer->GetListeningPorts();
+  if (ports.empty()) {
+    std::fprintf(stderr, "reflect-worker: cannot serve metrics on %s:%d\n", host.c_str(), port);
+    return nullptr;
+  }
+  exposer->RegisterCollectable(metrics.collectable());
+  std::printf("metrics %s:%d\n", host.c_str(), ports.front());
+  std::fflush(stdout);
+  return exposer;
 }
 
 void SetServing(grpc::Server& server, bool serving) {
@@ -97,6 +128,19 @@ int Serve() {
   std::printf("listening %s:%d\n", host.c_str(), selected_port);
   std::fflush(stdout);
 
+  // Before the weights load, so a scrape can already tell a loading replica (no steps) apart
+  // from a dead one. Declared before the engine, so it is destroyed after it: AttachEngine(nullptr)
+  // below keeps scrapes off an engine being destroyed.
+  ReplicaMetrics metrics(std::filesystem::path(model_dir).filename().string());
+  std::unique_ptr<prometheus::Exposer> metrics_exposer;
+  if (const int32_t metrics_port = absl::GetFlag(FLAGS_metrics_port); metrics_port >= 0) {
+    metrics_exposer = ServeMetrics(host, metrics_port, metrics);
+    if (metrics_exposer == nullptr) {
+      server->Shutdown();
+      return 1;
+    }
+  }
+
   CpuBackendOptions backend_options;
   backend_options.block_size = absl::GetFlag(FLAGS_block_size);
   backend_options.num_threads = absl::GetFlag(FLAGS_threads);
@@ -120,6 +164,7 @@ int Serve() {
   engine_options.scheduler.max_model_length = model_config->model.max_position_embeddings;
   engine_options.num_host_blocks = static_cast<int32_t>(backend_options.num_host_blocks);
   engine_options.eos_token_ids = model_config->model.eos_token_ids;
+  engine_options.on_step = [&metrics](const StepStats& step) { metrics.ObserveStep(step); };
   absl::StatusOr<std::unique_ptr<EngineLoop>> engine =
       EngineLoop::Create(std::move(*backend), engine_options);
   if (!engine.ok()) {
@@ -130,6 +175,7 @@ int Serve() {
   std::string replica_id = absl::GetFlag(FLAGS_replica_id);
   if (replica_id.empty()) replica_id = absl::StrCat(host, ":", selected_port);
   service.SetEngine(engine->get(), std::move(replica_id));
+  metrics.AttachEngine(engine->get());
   SetServing(*server, true);
   std::fprintf(stderr, "reflect-worker: serving %s on %s:%d with %lld KV blocks\n",
                model_dir.c_str(), host.c_str(), selected_port,
@@ -148,6 +194,7 @@ int Serve() {
   // In-flight streams have their last events; give them time to write them, then close.
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(10));
   (*engine)->Stop();
+  metrics.AttachEngine(nullptr);
   std::fprintf(stderr, "reflect-worker: drained, exiting\n");
   return 0;
 }
