@@ -370,4 +370,10 @@ absl::StatusOr<ModelDirectoryConfig> LoadModelConfig(const std::filesystem::path
   return result;
 }
 
+std::string DefaultServedModelName(const std::filesystem::path& model_dir) {
+  std::filesystem::path normal = model_dir.lexically_normal();
+  if (normal.filename().empty()) normal = normal.parent_path();
+  return normal.filename().string();
+}
+
 }  // namespace reflect

@@ -54,6 +54,10 @@ struct ModelDirectoryConfig {
 
 absl::StatusOr<ModelDirectoryConfig> LoadModelConfig(const std::filesystem::path& model_dir);
 
+// The name a model is served under by default: the directory's last component ("models/tiny/"
+// → "tiny").
+std::string DefaultServedModelName(const std::filesystem::path& model_dir);
+
 // Parses config.json text; `source` names the file in error messages.
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
                                              const std::string& source);

@@ -51,6 +51,10 @@ ABSL_FLAG(int64_t, max_num_batched_tokens, 2048, "Tokens per engine step");
 ABSL_FLAG(int32_t, metrics_port, -1,
           "Port serving Prometheus /metrics on --host; -1: off; 0: any free port (printed on "
           "stdout)");
+ABSL_FLAG(std::string, served_model_name, "",
+          "Model name in GetLoad and metrics; empty: the model directory's name");
+ABSL_FLAG(bool, enable_prefix_caching, true,
+          "Reuse the KV blocks of prompt prefixes computed before (DESIGN §5)");
 ABSL_FLAG(int64_t, max_waiting_requests, 1024, "Queued requests beyond which new ones get 429");
 
 namespace reflect {
@@ -113,7 +117,9 @@ int Serve() {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   const std::string host = absl::GetFlag(FLAGS_host);
   int selected_port = 0;
-  ReplicaService service(std::filesystem::path(model_dir).filename().string());
+  std::string served_model_name = absl::GetFlag(FLAGS_served_model_name);
+  if (served_model_name.empty()) served_model_name = DefaultServedModelName(model_dir);
+  ReplicaService service(served_model_name);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(absl::StrCat(host, ":", absl::GetFlag(FLAGS_port)),
                            grpc::InsecureServerCredentials(), &selected_port);
@@ -131,7 +137,7 @@ int Serve() {
   // Before the weights load, so a scrape can already tell a loading replica (no steps) apart
   // from a dead one. Declared before the engine, so it is destroyed after it: AttachEngine(nullptr)
   // below keeps scrapes off an engine being destroyed.
-  ReplicaMetrics metrics(std::filesystem::path(model_dir).filename().string());
+  ReplicaMetrics metrics(served_model_name);
   std::unique_ptr<prometheus::Exposer> metrics_exposer;
   if (const int32_t metrics_port = absl::GetFlag(FLAGS_metrics_port); metrics_port >= 0) {
     metrics_exposer = ServeMetrics(host, metrics_port, metrics);
@@ -164,6 +170,7 @@ int Serve() {
   engine_options.scheduler.max_model_length = model_config->model.max_position_embeddings;
   engine_options.num_host_blocks = static_cast<int32_t>(backend_options.num_host_blocks);
   engine_options.eos_token_ids = model_config->model.eos_token_ids;
+  engine_options.enable_prefix_caching = absl::GetFlag(FLAGS_enable_prefix_caching);
   engine_options.on_step = [&metrics](const StepStats& step) { metrics.ObserveStep(step); };
   absl::StatusOr<std::unique_ptr<EngineLoop>> engine =
       EngineLoop::Create(std::move(*backend), engine_options);
