@@ -2,10 +2,11 @@
 // per-request stream to a replica. Front ends (public gRPC, OpenAI HTTP) validate and tokenize,
 // then hand a RoutedRequest and a ResponseSink to Submit; everything after that is here:
 //
-//   Submit ─▶ admission (bounded queue: requests and prompt tokens; full → RESOURCE_EXHAUSTED
+//   Submit ─▶ replica choice (ready replicas only; least outstanding work, ties and near-ties
+//             broken by the longest prompt prefix the replica's prefix-cache summary holds;
+//             none in rotation → UNAVAILABLE, answered at once)
+//          ─▶ admission (bounded queue: requests and prompt tokens; full → RESOURCE_EXHAUSTED
 //             with a retry hint, answered at once)
-//          ─▶ replica choice (ready replicas only; least outstanding work, ties and near-ties
-//             broken by the longest prompt prefix the replica's prefix-cache summary holds)
 //          ─▶ reflect.internal.v1.Replica/Generate stream (callback API, no thread per stream)
 //          ─▶ GenerationPipeline (detokenize, stop strings, sections, thinking budget)
 //          ─▶ ResponseSink
@@ -22,6 +23,10 @@
 //
 // Cancel (client disconnect, gRPC cancellation, deadline): cancels the replica stream, which
 // frees the sequence within one replica step; the sink gets CANCELLED (or DEADLINE_EXCEEDED).
+//
+// Timings count from RoutedRequest.received_time; a request ended by a stop string has its
+// replica stream cancelled before the replica's finish, so its cached_prompt_tokens is 0 and its
+// queue time the router's part only. docs/routing.md has the rules in full.
 //
 // Ownership: the router owns its replica channels, poller thread and in-flight request states;
 // each state holds its sink until OnFinished. Thread-safety: every method may be called from any
@@ -94,8 +99,9 @@ struct RouterLoad {
   int64_t running_requests = 0;
 };
 
-// Cancels its request when Cancel is called (idempotent; harmless after the end). Dropping the
-// handle does not cancel.
+// Cancels its request when Cancel is called (idempotent; harmless after the end, even after the
+// router is gone). Dropping the handle does not cancel; the handle does not keep the request
+// alive.
 class RequestHandle {
  public:
   virtual ~RequestHandle() = default;
