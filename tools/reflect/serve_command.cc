@@ -1,0 +1,342 @@
+// `reflect serve --model DIR [--replicas N] [--grpc_port 50051] [--http_port 8000]`: the embedded
+// cluster of DESIGN §1 on one machine — N reflect-worker replicas and one reflect-router, all on
+// loopback (the router's public ports on --host), supervised by this process.
+//
+// Start-up: each replica gets a fixed loopback port (picked free at start and kept across
+// restarts, so the router's replica list stays valid), then the router starts with those
+// addresses. Serve prints the public addresses and ready-to-paste examples once the router
+// reports a replica in rotation (/readyz).
+//
+// Supervision: a child that exits is reported on stderr and restarted with the same flags, after
+// a back-off that doubles from 1 s to 30 s while it keeps dying young (under 60 s) and resets once
+// it has lived longer. Ctrl-C / SIGTERM: the router is stopped first (it stops accepting and
+// finishes in-flight streams), then the replicas (they drain too); after 30 s anything left is
+// killed. Children's stdout and stderr pass through, stdout prefixed with the child's name.
+//
+// Exit codes: 0 after a clean stop, 2 bad flags, 1 when a child cannot be started at all.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/declare.h"
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/model_config.h"
+#include "tools/reflect/command.h"
+#include "tools/reflect/common_flags.h"
+#include "tools/reflect/serve_examples.h"
+
+ABSL_FLAG(int32_t, replicas, 1, "serve: model replicas (reflect-worker processes)");
+ABSL_FLAG(std::string, host, "127.0.0.1", "serve: address of the router's public ports");
+ABSL_FLAG(int32_t, grpc_port, 50051, "serve: public gRPC port (reflect.v1); 0: any free port");
+ABSL_FLAG(int32_t, http_port, 8000, "serve: OpenAI-compatible HTTP port; 0: any free port");
+ABSL_FLAG(std::string, served_model_name, "",
+          "serve: model name in the APIs; empty: the model directory's name");
+ABSL_FLAG(double, kv_cache_gib, 1.0, "serve: KV cache per replica, in GiB");
+ABSL_FLAG(std::string, api_key_file, "", "serve: file of API keys (one per line); empty: none");
+ABSL_FLAG(std::string, worker_binary, "",
+          "serve: reflect-worker to run; empty: found next to this binary");
+ABSL_FLAG(std::string, router_binary, "",
+          "serve: reflect-router to run; empty: found next to this binary");
+
+namespace reflect::cli {
+namespace {
+
+volatile sig_atomic_t stop_requested = 0;
+void RequestStop(int) { stop_requested = 1; }
+
+// A free TCP port on 127.0.0.1 (bound, read back and released).
+int FreeLoopbackPort() {
+  const int socket_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (socket_fd < 0) return 0;
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof(address);
+  int port = 0;
+  if (bind(socket_fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
+      getsockname(socket_fd, reinterpret_cast<sockaddr*>(&address), &length) == 0) {
+    port = ntohs(address.sin_port);
+  }
+  close(socket_fd);
+  return port;
+}
+
+// The program `name`: the flag's value, else the build tree's layout (tools/reflect/reflect →
+// worker/, router/), else the same directory as this binary (an installed layout).
+std::string FindProgram(const std::string& flag_value, const std::string& build_subdirectory,
+                        const std::string& name) {
+  if (!flag_value.empty()) return flag_value;
+  std::error_code error;
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", error);
+  const std::filesystem::path directory = self.parent_path();
+  const std::filesystem::path in_build_tree =
+      directory.parent_path().parent_path() / build_subdirectory / name;
+  if (std::filesystem::exists(in_build_tree)) return in_build_tree.string();
+  return (directory / name).string();
+}
+
+// One supervised child: its command line, and what its last life looked like.
+struct Child {
+  std::string name;
+  std::vector<std::string> arguments;
+  pid_t pid = -1;
+  absl::Time started = absl::InfinitePast();
+  absl::Duration backoff = absl::Seconds(1);
+  absl::Time restart_at = absl::InfinitePast();  // while dead: when to start it again
+  std::thread output_forwarder;
+};
+
+// Forwards the child's stdout to ours, one line at a time, prefixed by its name.
+void ForwardOutput(int fd, std::string name) {
+  std::string pending;
+  char buffer[4096];
+  for (ssize_t bytes; (bytes = read(fd, buffer, sizeof(buffer))) > 0;) {
+    pending.append(buffer, static_cast<size_t>(bytes));
+    for (size_t end; (end = pending.find('\n')) != std::string::npos;) {
+      std::printf("[%s] %s\n", name.c_str(), pending.substr(0, end).c_str());
+      std::fflush(stdout);
+      pending.erase(0, end + 1);
+    }
+  }
+  close(fd);
+}
+
+bool StartChild(Child& child) {
+  if (child.output_forwarder.joinable()) child.output_forwarder.join();
+  int output[2];
+  if (pipe2(output, O_CLOEXEC) != 0) return false;
+  const pid_t pid = fork();
+  if (pid < 0) {
+    close(output[0]);
+    close(output[1]);
+    return false;
+  }
+  if (pid == 0) {
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    dup2(output[1], STDOUT_FILENO);
+    std::vector<char*> argv;
+    for (std::string& argument : child.arguments) argv.push_back(argument.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    std::fprintf(stderr, "reflect serve: cannot run %s: %s\n", argv[0], std::strerror(errno));
+    _exit(127);
+  }
+  close(output[1]);
+  child.pid = pid;
+  child.started = absl::Now();
+  child.output_forwarder = std::thread(ForwardOutput, output[0], child.name);
+  return true;
+}
+
+// Polls GET /readyz on the router's HTTP port until it answers 200 or `timeout` passes.
+bool WaitForReady(int http_port, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline && !stop_requested) {
+    const int socket_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>(http_port));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bool ready = false;
+    if (connect(socket_fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0) {
+      const std::string request = "GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n";
+      if (write(socket_fd, request.data(), request.size()) ==
+          static_cast<ssize_t>(request.size())) {
+        char reply[64] = {};
+        const ssize_t bytes = read(socket_fd, reply, sizeof(reply) - 1);
+        ready =
+            bytes > 12 && std::string_view(reply, static_cast<size_t>(bytes)).substr(9, 3) == "200";
+      }
+    }
+    close(socket_fd);
+    if (ready) return true;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  return false;
+}
+
+// Handles exited children: reports each and schedules its restart.
+void ReapChildren(std::vector<Child>& children) {
+  for (int status = 0;;) {
+    const pid_t pid = waitpid(-1, &status, WNOHANG);
+    if (pid <= 0) return;
+    for (Child& child : children) {
+      if (child.pid != pid) continue;
+      const std::string how = WIFEXITED(status)
+                                  ? absl::StrCat("exited with code ", WEXITSTATUS(status))
+                                  : absl::StrCat("was killed by signal ", WTERMSIG(status));
+      const absl::Duration lived = absl::Now() - child.started;
+      child.backoff = lived > absl::Seconds(60) ? absl::Seconds(1)
+                                                : std::min(child.backoff * 2, absl::Seconds(30));
+      if (lived > absl::Seconds(60)) child.backoff = absl::Seconds(1);
+      child.restart_at = absl::Now() + child.backoff;
+      std::fprintf(stderr, "reflect serve: %s (pid %d) %s; restarting in %s\n", child.name.c_str(),
+                   pid, how.c_str(), absl::FormatDuration(child.backoff).c_str());
+      child.pid = -1;
+    }
+  }
+}
+
+// SIGTERM to the router, then (once it is gone or after 30 s) to the replicas; SIGKILL to
+// whatever is left 30 s later.
+void StopAll(std::vector<Child>& children) {
+  auto wait_for = [&](size_t first, size_t last, absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    for (;;) {
+      bool alive = false;
+      for (size_t index = first; index < last; ++index) {
+        Child& child = children[index];
+        if (child.pid > 0 && waitpid(child.pid, nullptr, WNOHANG) == child.pid) child.pid = -1;
+        alive = alive || child.pid > 0;
+      }
+      if (!alive || absl::Now() >= deadline) return;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+  };
+  const size_t router = children.size() - 1;  // the router is started last
+  if (children[router].pid > 0) kill(children[router].pid, SIGTERM);
+  wait_for(router, router + 1, absl::Seconds(30));
+  for (size_t index = 0; index < router; ++index) {
+    if (children[index].pid > 0) kill(children[index].pid, SIGTERM);
+  }
+  wait_for(0, router, absl::Seconds(30));
+  for (Child& child : children) {
+    if (child.pid > 0) {
+      kill(child.pid, SIGKILL);
+      waitpid(child.pid, nullptr, 0);
+      child.pid = -1;
+    }
+  }
+  for (Child& child : children) {
+    if (child.output_forwarder.joinable()) child.output_forwarder.join();
+  }
+}
+
+int Run(const std::vector<char*>& positional) {
+  const std::string model = absl::GetFlag(FLAGS_model);
+  const int replicas = absl::GetFlag(FLAGS_replicas);
+  if (model.empty() || !positional.empty() || replicas < 1 || replicas > 64) {
+    std::fprintf(stderr,
+                 "usage: reflect serve --model DIR [--replicas N (1-64)] [--grpc_port P] "
+                 "[--http_port P]\n");
+    return 2;
+  }
+  if (!std::filesystem::exists(std::filesystem::path(model) / "config.json")) {
+    std::fprintf(stderr, "reflect serve: %s has no config.json\n", model.c_str());
+    return 2;
+  }
+  int grpc_port = absl::GetFlag(FLAGS_grpc_port);
+  int http_port = absl::GetFlag(FLAGS_http_port);
+  if (grpc_port == 0) grpc_port = FreeLoopbackPort();
+  if (http_port == 0) http_port = FreeLoopbackPort();
+  const std::string worker =
+      FindProgram(absl::GetFlag(FLAGS_worker_binary), "worker", "reflect-worker");
+  const std::string router =
+      FindProgram(absl::GetFlag(FLAGS_router_binary), "router", "reflect-router");
+  std::string served_model_name = absl::GetFlag(FLAGS_served_model_name);
+  if (served_model_name.empty()) served_model_name = DefaultServedModelName(model);
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = absl::GetFlag(FLAGS_threads) > 0 ? absl::GetFlag(FLAGS_threads)
+                                                       : std::max(1, cores / replicas);
+
+  std::vector<Child> children(static_cast<size_t>(replicas) + 1);
+  std::vector<std::string> replica_addresses;
+  for (int index = 0; index < replicas; ++index) {
+    const int port = FreeLoopbackPort();
+    const std::string address = absl::StrCat("127.0.0.1:", port);
+    replica_addresses.push_back(address);
+    Child& child = children[static_cast<size_t>(index)];
+    child.name = absl::StrCat("replica-", index);
+    child.arguments = {worker,
+                       "--model",
+                       model,
+                       "--host",
+                       "127.0.0.1",
+                       "--port",
+                       absl::StrCat(port),
+                       "--replica_id",
+                       absl::StrCat("replica-", index),
+                       "--threads",
+                       absl::StrCat(threads),
+                       "--kv_cache_gib",
+                       absl::StrCat(absl::GetFlag(FLAGS_kv_cache_gib)),
+                       "--metrics_port",
+                       absl::StrCat(FreeLoopbackPort()),
+                       "--served_model_name",
+                       served_model_name};
+  }
+  std::vector<std::string> router_arguments = {router,
+                                               "--model",
+                                               model,
+                                               "--replicas",
+                                               absl::StrJoin(replica_addresses, ","),
+                                               "--host",
+                                               absl::GetFlag(FLAGS_host),
+                                               "--grpc_port",
+                                               absl::StrCat(grpc_port),
+                                               "--http_port",
+                                               absl::StrCat(http_port)};
+  router_arguments.insert(router_arguments.end(), {"--served_model_name", served_model_name});
+  if (!absl::GetFlag(FLAGS_api_key_file).empty()) {
+    router_arguments.insert(router_arguments.end(),
+                            {"--api_key_file", absl::GetFlag(FLAGS_api_key_file)});
+  }
+  children.back().name = "router";
+  children.back().arguments = router_arguments;
+
+  struct sigaction action {};
+  action.sa_handler = RequestStop;
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+  for (Child& child : children) {
+    if (!StartChild(child)) {
+      std::fprintf(stderr, "reflect serve: cannot start %s\n", child.name.c_str());
+      StopAll(children);
+      return 1;
+    }
+  }
+  if (WaitForReady(http_port, absl::Minutes(10))) {
+    std::printf(
+        "%s",
+        ServeExamples(absl::GetFlag(FLAGS_host), grpc_port, http_port, served_model_name).c_str());
+    std::printf("ready\n");
+    std::fflush(stdout);
+  }
+  while (!stop_requested) {
+    ReapChildren(children);
+    for (Child& child : children) {
+      if (child.pid < 0 && absl::Now() >= child.restart_at && !stop_requested) {
+        if (!StartChild(child)) child.restart_at = absl::Now() + child.backoff;
+      }
+    }
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  std::fprintf(stderr, "reflect serve: stopping\n");
+  StopAll(children);
+  return 0;
+}
+
+const CommandRegistration kRegistration(
+    {"serve", "run a router and model replicas on this machine (the embedded cluster)", &Run});
+
+}  // namespace
+}  // namespace reflect::cli
