@@ -33,6 +33,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# The real clients the end-to-end tests drive the router with: the official OpenAI client and
+# grpcio with server reflection (what grpcurl does; grpcurl itself is packaged by neither Debian
+# nor PyPI).
+if ! python3 -c "import openai, grpc, grpc_reflection, google.protobuf" 2>/dev/null; then
+  python3 -m pip install --quiet openai grpcio grpcio-reflection protobuf
+fi
+
 if [ "${1:-}" = "--with-references" ]; then
   python3 -m pip install --quiet tokenizers transformers safetensors numpy torch
 fi
