@@ -9,7 +9,17 @@
 // Order of operations per token: detokenize → stop matcher (text released by the matcher can no
 // longer be part of a stop string) → section parser → trace-mode filter. A stop string ends the
 // request: the text before it is emitted, the matched string and everything after are dropped, and
-// Finished() becomes true with kStopString; the caller then cancels the replica stream.
+// stopped_by_string() becomes true; the caller then cancels the replica stream. The tokenizer's
+// special tokens ("<|eot_id|>", reserved ones) count as tokens but render as no text.
+//
+// Token ids and sections: text released by the stop matcher goes to the section parser one push
+// per token, cut at that token's own end, so a token counts in the section of its own last byte
+// as SectionParser documents, with or without stop strings, however the tokens are batched. A
+// token's id (and logprobs) goes with a piece of the section it is counted in, once counted: in
+// the piece holding its text, or in an empty-text piece (a removed tag, a special token, a
+// partial character). A token held back as a possible tag prefix ("<th") is counted, and its id
+// emitted, when the parser resolves it, so per section the ids in the pieces equal the counts; in
+// kOutputOnly the ids of non-output tokens are dropped with their text (they still count).
 //
 // Thinking budget: after each token the pipeline checks SectionParser::ThinkingBudgetExhausted;
 // when true (once per request), TakeForcedTokens() returns the token ids of
@@ -17,7 +27,10 @@
 // replica (ForceTokens), which drops what it generated from that index on and streams the forced
 // tokens back as ordinary tokens. PushTokens ignores tokens whose index is past the forced index
 // until the forced tokens arrive (the replica's rewind), so nothing generated after the budget
-// was hit reaches the client.
+// was hit reaches the client. Precisely: a token is taken only at the next expected index (lower
+// indices are replays, higher ones are gaps or stale), and while forced tokens are outstanding
+// only when its id is the forced id for that index (a stale sampled token equal to it is the
+// same text, so taking it is harmless).
 //
 // Thread-safety: none (one pipeline per request). Cost: O(bytes) per token plus the stop matcher
 // and section parser's linear costs.
@@ -62,6 +75,9 @@ class GenerationPipeline {
  public:
   // `tokenizer` must outlive the pipeline.
   GenerationPipeline(const Tokenizer& tokenizer, GenerationPipelineOptions options);
+  ~GenerationPipeline();
+  GenerationPipeline(GenerationPipeline&&) noexcept;
+  GenerationPipeline& operator=(GenerationPipeline&&) noexcept;
 
   // Feeds tokens in index order and returns the pieces that became final (possibly none).
   // Tokens after a stop-string match are ignored; so are tokens past a pending force (above).
