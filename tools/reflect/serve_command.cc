@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -122,6 +123,7 @@ bool StartChild(Child& child) {
   if (child.output_forwarder.joinable()) child.output_forwarder.join();
   int output[2];
   if (pipe2(output, O_CLOEXEC) != 0) return false;
+  const pid_t supervisor = getpid();
   const pid_t pid = fork();
   if (pid < 0) {
     close(output[0]);
@@ -132,6 +134,9 @@ bool StartChild(Child& child) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
+    // A child never outlives serve, even when serve is SIGKILLed: it is asked to drain.
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != supervisor) _exit(1);
     dup2(output[1], STDOUT_FILENO);
     std::vector<char*> argv;
     for (std::string& argument : child.arguments) argv.push_back(argument.data());
@@ -314,11 +319,12 @@ int Run(const std::vector<char*>& positional) {
       return 1;
     }
   }
+  const absl::Time started = absl::Now();
   if (WaitForReady(http_port, absl::Minutes(10))) {
     std::printf(
         "%s",
         ServeExamples(absl::GetFlag(FLAGS_host), grpc_port, http_port, served_model_name).c_str());
-    std::printf("ready\n");
+    std::printf("ready after %.1f s\n", absl::ToDoubleSeconds(absl::Now() - started));
     std::fflush(stdout);
   }
   while (!stop_requested) {

@@ -1,0 +1,392 @@
+// End to end on loopback: real reflect-worker replicas and a real reflect-router (DESIGN §1, §8),
+// driven by real clients — the public gRPC API, HTTP/SSE, the official OpenAI Python client,
+// a reflection-only gRPC client (what grpcurl does) and a real Prometheus server.
+//
+// What is checked: 64 concurrent streams over gRPC and over HTTP give exactly what each request
+// gives alone; requests sharing a long system prompt hit the prefix cache (usage and replica
+// metrics) and reach their first token sooner; cancelling a stream returns every KV block; a full
+// queue answers 429 / RESOURCE_EXHAUSTED at once; killing a replica under load ends its requests
+// with UNAVAILABLE while the others finish and the router stays ready.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "nlohmann/json.hpp"
+#include "reflect/internal/v1/replica.grpc.pb.h"
+#include "reflect/v1/inference.grpc.pb.h"
+#include "tests/support/http_client.h"
+#include "tests/support/process.h"
+#include "tests/support/serving_cluster.h"
+#include "tests/support/test_paths.h"
+
+namespace reflect {
+namespace {
+
+using testing::HttpCall;
+using testing::HttpReply;
+using testing::ServingCluster;
+using testing::ServingClusterOptions;
+using testing::SseData;
+
+// What one public Generate/Chat stream gave.
+struct StreamOutcome {
+  grpc::Status status;
+  std::vector<int32_t> token_ids;
+  std::string text;
+  v1::Finish finish;
+  int chunks = 0;
+};
+
+std::unique_ptr<v1::Inference::Stub> InferenceStub(const std::string& address) {
+  return v1::Inference::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+}
+
+StreamOutcome RunChat(v1::Inference::Stub& stub, const v1::ChatRequest& request,
+                      std::function<void(grpc::ClientContext&, int)> on_chunk = nullptr) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  std::unique_ptr<grpc::ClientReader<v1::GenerationChunk>> reader = stub.Chat(&context, request);
+  StreamOutcome outcome;
+  v1::GenerationChunk chunk;
+  while (reader->Read(&chunk)) {
+    ++outcome.chunks;
+    outcome.token_ids.insert(outcome.token_ids.end(), chunk.token_ids().begin(),
+                             chunk.token_ids().end());
+    outcome.text += chunk.text();
+    if (chunk.has_finish()) outcome.finish = chunk.finish();
+    if (on_chunk) on_chunk(context, outcome.chunks);
+  }
+  outcome.status = reader->Finish();
+  return outcome;
+}
+
+// Request `index` of a mixed set: greedy and seeded, different lengths and questions.
+v1::ChatRequest ChatFor(int index) {
+  v1::ChatRequest request;
+  v1::ChatMessage& message = *request.add_messages();
+  message.set_role(v1::ROLE_USER);
+  message.set_content(absl::StrCat("Question number ", index, ": why is the sky blue? ",
+                                   std::string(static_cast<size_t>(index % 5) * 9, 'x')));
+  request.set_add_reflection_system_prompt(index % 3 != 0);
+  v1::SamplingParams& sampling = *request.mutable_sampling();
+  sampling.set_temperature(index % 2 == 0 ? 0.0 : 0.9);
+  sampling.set_seed(static_cast<uint64_t>(100 + index));
+  sampling.set_max_tokens(6 + index % 7);
+  sampling.set_ignore_eos(true);
+  return request;
+}
+
+nlohmann::json HttpChatBody(int index, bool stream) {
+  return {{"messages", {{{"role", "user"}, {"content", absl::StrCat("HTTP question ", index)}}}},
+          {"max_tokens", 5 + index % 6},
+          {"temperature", index % 2 == 0 ? 0.0 : 0.8},
+          {"seed", 500 + index},
+          {"ignore_eos", true},
+          {"stream", stream}};
+}
+
+// The text of an SSE chat stream (reasoning and content together) and its finish reason.
+std::string StreamedChatText(const HttpReply& reply) {
+  std::string text;
+  for (const std::string& data : SseData(reply.body)) {
+    if (data == "[DONE]") break;
+    const nlohmann::json chunk = nlohmann::json::parse(data);
+    for (const nlohmann::json& choice : chunk["choices"]) {
+      const nlohmann::json& delta = choice["delta"];
+      if (delta.contains("reasoning_content") && delta["reasoning_content"].is_string()) {
+        text += delta["reasoning_content"].get<std::string>();
+      }
+      if (delta.contains("content") && delta["content"].is_string()) {
+        text += delta["content"].get<std::string>();
+      }
+    }
+  }
+  return text;
+}
+
+// A metric's value from Prometheus text: the first sample whose line starts with `series`.
+double MetricValue(const std::string& text, const std::string& series) {
+  size_t position = 0;
+  while ((position = text.find(series, position)) != std::string::npos) {
+    if (position == 0 || text[position - 1] == '\n') {
+      const size_t space = text.find(' ', position + series.size());
+      const size_t end = text.find('\n', space);
+      return std::stod(text.substr(space + 1, end - space - 1));
+    }
+    position += series.size();
+  }
+  return -1;
+}
+
+ServingClusterOptions ClusterOptions(int replicas, std::vector<std::string> worker_flags,
+                                     std::vector<std::string> router_flags) {
+  ServingClusterOptions options;
+  options.replicas = replicas;
+  options.worker_flags = std::move(worker_flags);
+  options.router_flags = std::move(router_flags);
+  return options;
+}
+
+class ServingTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    cluster_ = new ServingCluster(ClusterOptions(2, {"--max-num-seqs", "64"}, {}));
+  }
+  static void TearDownTestSuite() {
+    delete cluster_;
+    cluster_ = nullptr;
+  }
+  void SetUp() override { ASSERT_TRUE(cluster_->ready()) << "the cluster did not come up"; }
+
+  static ServingCluster* cluster_;
+};
+
+ServingCluster* ServingTest::cluster_ = nullptr;
+
+TEST_F(ServingTest, SixtyFourConcurrentGrpcStreamsEqualTheirAloneRuns) {
+  constexpr int kStreams = 64;
+  std::unique_ptr<v1::Inference::Stub> stub = InferenceStub(cluster_->grpc_address());
+  std::vector<StreamOutcome> alone;
+  for (int index = 0; index < kStreams; ++index) alone.push_back(RunChat(*stub, ChatFor(index)));
+  std::vector<std::future<StreamOutcome>> together;
+  for (int index = 0; index < kStreams; ++index) {
+    together.push_back(
+        std::async(std::launch::async, [&stub, index] { return RunChat(*stub, ChatFor(index)); }));
+  }
+  for (int index = 0; index < kStreams; ++index) {
+    const StreamOutcome outcome = together[static_cast<size_t>(index)].get();
+    const StreamOutcome& reference = alone[static_cast<size_t>(index)];
+    ASSERT_TRUE(reference.status.ok()) << reference.status.error_message();
+    ASSERT_TRUE(outcome.status.ok()) << index << ": " << outcome.status.error_message();
+    EXPECT_EQ(outcome.token_ids, reference.token_ids) << "request " << index;
+    EXPECT_EQ(outcome.text, reference.text) << "request " << index;
+    EXPECT_EQ(outcome.finish.usage().completion_tokens(), ChatFor(index).sampling().max_tokens());
+    EXPECT_EQ(outcome.finish.reason(), v1::FINISH_REASON_LENGTH);
+  }
+}
+
+TEST_F(ServingTest, SixtyFourConcurrentHttpStreamsEqualTheirAloneRuns) {
+  constexpr int kStreams = 64;
+  auto run = [](int index) {
+    return HttpCall(cluster_->http_address(), "POST", "/v1/chat/completions",
+                    HttpChatBody(index, true).dump());
+  };
+  std::vector<std::string> alone;
+  for (int index = 0; index < kStreams; ++index) {
+    const HttpReply reply = run(index);
+    ASSERT_EQ(reply.status, 200) << reply.body;
+    ASSERT_EQ(SseData(reply.body).back(), "[DONE]");
+    alone.push_back(StreamedChatText(reply));
+  }
+  std::vector<std::future<HttpReply>> together;
+  for (int index = 0; index < kStreams; ++index) {
+    together.push_back(std::async(std::launch::async, run, index));
+  }
+  for (int index = 0; index < kStreams; ++index) {
+    const HttpReply reply = together[static_cast<size_t>(index)].get();
+    ASSERT_EQ(reply.status, 200) << reply.body;
+    EXPECT_EQ(SseData(reply.body).back(), "[DONE]");
+    EXPECT_EQ(StreamedChatText(reply), alone[static_cast<size_t>(index)]) << "request " << index;
+  }
+  // The non-streamed answer is the streamed one.
+  const HttpReply whole = HttpCall(cluster_->http_address(), "POST", "/v1/chat/completions",
+                                   HttpChatBody(0, false).dump());
+  ASSERT_EQ(whole.status, 200) << whole.body;
+  const nlohmann::json message = nlohmann::json::parse(whole.body)["choices"][0]["message"];
+  std::string text;
+  if (message.contains("reasoning_content") && message["reasoning_content"].is_string()) {
+    text += message["reasoning_content"].get<std::string>();
+  }
+  text += message["content"].is_string() ? message["content"].get<std::string>() : "";
+  EXPECT_EQ(text, alone[0]);
+}
+
+TEST_F(ServingTest, SharedSystemPromptHitsThePrefixCacheAndCutsTimeToFirstToken) {
+  std::unique_ptr<v1::Inference::Stub> stub = InferenceStub(cluster_->grpc_address());
+  // A long shared system prompt (about 1,500 tokens) so that prefill dominates the first token.
+  std::string system_prompt;
+  for (int line = 0; line < 150; ++line) {
+    absl::StrAppend(&system_prompt, "Rule ", line, ": reason step by step, then reflect. ");
+  }
+  auto request = [&](int index) {
+    v1::ChatRequest chat;
+    v1::ChatMessage& system = *chat.add_messages();
+    system.set_role(v1::ROLE_SYSTEM);
+    system.set_content(system_prompt);
+    v1::ChatMessage& user = *chat.add_messages();
+    user.set_role(v1::ROLE_USER);
+    user.set_content(absl::StrCat("User ", index, " asks something different."));
+    chat.mutable_sampling()->set_max_tokens(2);
+    chat.mutable_sampling()->set_temperature(0);
+    return chat;
+  };
+  const StreamOutcome miss = RunChat(*stub, request(0));
+  ASSERT_TRUE(miss.status.ok()) << miss.status.error_message();
+  EXPECT_LT(miss.finish.usage().cached_prompt_tokens(), 16);
+  std::vector<double> hit_ttft;
+  for (int index = 1; index <= 3; ++index) {
+    const StreamOutcome hit = RunChat(*stub, request(index));
+    ASSERT_TRUE(hit.status.ok()) << hit.status.error_message();
+    // Whole blocks of the shared prompt came from the cache (prefix affinity sent it back to
+    // the replica that computed them).
+    EXPECT_GT(hit.finish.usage().cached_prompt_tokens(), 1000);
+    hit_ttft.push_back(hit.finish.timings().time_to_first_token_seconds());
+  }
+  std::sort(hit_ttft.begin(), hit_ttft.end());
+  EXPECT_LT(hit_ttft[1], miss.finish.timings().time_to_first_token_seconds())
+      << "median hit TTFT " << hit_ttft[1] << " s vs miss "
+      << miss.finish.timings().time_to_first_token_seconds() << " s";
+  // The replicas count the hits.
+  double hits = 0;
+  for (int replica = 0; replica < 2; ++replica) {
+    const HttpReply metrics =
+        HttpCall(cluster_->replica_metrics_address(replica), "GET", "/metrics");
+    ASSERT_EQ(metrics.status, 200);
+    hits += std::max(0.0, MetricValue(metrics.body, "reflect_prefix_cache_hits_total"));
+  }
+  EXPECT_GT(hits, 3000);
+}
+
+TEST_F(ServingTest, CancelMidStreamReturnsEveryKvBlock) {
+  std::unique_ptr<v1::Inference::Stub> stub = InferenceStub(cluster_->grpc_address());
+  v1::ChatRequest request = ChatFor(1);
+  request.mutable_sampling()->set_max_tokens(5000);
+  const StreamOutcome outcome = RunChat(*stub, request, [](grpc::ClientContext& context, int n) {
+    if (n == 3) context.TryCancel();
+  });
+  EXPECT_EQ(outcome.status.error_code(), grpc::StatusCode::CANCELLED);
+  // Within a second every replica reports no sequence and no block in use.
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  int64_t used = -1;
+  while (absl::Now() < deadline) {
+    used = 0;
+    for (int replica = 0; replica < 2; ++replica) {
+      auto internal_stub = internal::v1::Replica::NewStub(grpc::CreateChannel(
+          cluster_->replica_address(replica), grpc::InsecureChannelCredentials()));
+      grpc::ClientContext context;
+      internal::v1::LoadReport report;
+      ASSERT_TRUE(internal_stub->GetLoad(&context, {}, &report).ok());
+      used += report.running_requests() +
+              static_cast<int64_t>(report.kv_cache_usage_ratio() * 1e6 > 0.5);
+    }
+    if (used == 0) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(used, 0);
+}
+
+TEST_F(ServingTest, OfficialOpenAiClientStreamsAChatCompletion) {
+  const testing::ProcessResult result =
+      testing::RunProcess({"/usr/bin/env", "python3",
+                           std::string(REFLECT_SOURCE_DIR) + "/tests/python/openai_client_check.py",
+                           absl::StrCat("http://", cluster_->http_address(), "/v1"), "tiny"});
+  EXPECT_EQ(result.exit_code, 0) << result.standard_error << result.standard_output;
+}
+
+TEST_F(ServingTest, ReflectionClientListsAndCallsTheApiLikeGrpcurl) {
+  const testing::ProcessResult result = testing::RunProcess(
+      {"/usr/bin/env", "python3",
+       std::string(REFLECT_SOURCE_DIR) + "/tests/python/grpc_reflection_check.py",
+       cluster_->grpc_address()});
+  EXPECT_EQ(result.exit_code, 0) << result.standard_error << result.standard_output;
+  EXPECT_NE(result.standard_output.find("reflect.v1.Inference"), std::string::npos);
+}
+
+// A cluster whose replica runs one sequence at a time and whose router queues at most two
+// requests: the fourth concurrent request is refused at once.
+TEST(ServingAdmissionTest, FullQueueAnswers429AtOnceWithRetryAfter) {
+  ServingCluster cluster(
+      ClusterOptions(1, {"--max-num-seqs", "1"}, {"--max_queued_requests", "2"}));
+  ASSERT_TRUE(cluster.ready());
+  std::unique_ptr<v1::Inference::Stub> stub = InferenceStub(cluster.grpc_address());
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<grpc::ClientReader<v1::GenerationChunk>>> readers;
+  // One running (it has its first token), two queued behind it on the replica.
+  for (int index = 0; index < 3; ++index) {
+    v1::ChatRequest request = ChatFor(index);
+    request.mutable_sampling()->set_max_tokens(100000);
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    readers.push_back(stub->Chat(contexts.back().get(), request));
+    if (index == 0) {
+      v1::GenerationChunk first;
+      ASSERT_TRUE(readers.back()->Read(&first));
+    }
+  }
+  absl::SleepFor(absl::Milliseconds(300));  // the two queued requests reach the router's queue
+  const absl::Time start = absl::Now();
+  const HttpReply rejected = HttpCall(cluster.http_address(), "POST", "/v1/chat/completions",
+                                      HttpChatBody(7, true).dump());
+  const absl::Duration http_latency = absl::Now() - start;
+  EXPECT_EQ(rejected.status, 429) << rejected.body;
+  EXPECT_TRUE(rejected.headers.contains("retry-after"));
+  EXPECT_LT(http_latency, absl::Milliseconds(50));
+
+  const absl::Time grpc_start = absl::Now();
+  const StreamOutcome grpc_rejected = RunChat(*stub, ChatFor(8));
+  EXPECT_EQ(grpc_rejected.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_LT(absl::Now() - grpc_start, absl::Milliseconds(50));
+  for (auto& context : contexts) context->TryCancel();
+  for (auto& reader : readers) reader->Finish();
+}
+
+TEST(ServingFailoverTest, KillingAReplicaUnderLoadEndsOnlyItsRequests) {
+  ServingCluster cluster(ClusterOptions(2, {}, {}));
+  ASSERT_TRUE(cluster.ready());
+  std::unique_ptr<v1::Inference::Stub> stub = InferenceStub(cluster.grpc_address());
+  constexpr int kStreams = 16;
+  std::atomic<int> started{0};
+  std::vector<std::future<StreamOutcome>> outcomes;
+  for (int index = 0; index < kStreams; ++index) {
+    outcomes.push_back(std::async(std::launch::async, [&stub, &started, index] {
+      v1::ChatRequest request = ChatFor(index);
+      request.mutable_sampling()->set_max_tokens(index % 2 == 0 ? 400 : 60);
+      return RunChat(*stub, request, [&started](grpc::ClientContext&, int chunk) {
+        if (chunk == 1) ++started;
+      });
+    }));
+  }
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while (started.load() < kStreams && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  cluster.replica_process(0).Signal(SIGKILL);
+  int unavailable = 0;
+  int ok = 0;
+  for (auto& future : outcomes) {
+    const StreamOutcome outcome = future.get();
+    if (outcome.status.ok()) {
+      ++ok;
+    } else {
+      EXPECT_EQ(outcome.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+          << outcome.status.error_message();
+      ++unavailable;
+    }
+  }
+  EXPECT_GT(unavailable, 0);
+  EXPECT_GT(ok, 0);
+  EXPECT_EQ(ok + unavailable, kStreams);
+  // The router stays up and sends new work to the live replica.
+  EXPECT_TRUE(cluster.WaitForReadyz(200, absl::Seconds(5)));
+  for (int index = 0; index < 4; ++index) {
+    const StreamOutcome after = RunChat(*stub, ChatFor(index));
+    EXPECT_TRUE(after.status.ok()) << after.status.error_message();
+  }
+}
+
+}  // namespace
+}  // namespace reflect
