@@ -2,8 +2,9 @@
 // reflect-worker's --metrics_port: after requests ran, PromQL over the scraped series answers —
 // the step count, a step-duration quantile from the histogram buckets, the KV block gauges and
 // the prefix-cache counters — so the exposition is what Prometheus itself accepts, not only what
-// our own parser reads. Without /usr/bin/prometheus the test fails and says to run
-// tools/install-deps.sh.
+// our own parser reads. A second test does the same for a router and its replica, with PromQL
+// over the router's time-to-first-token histogram. Without /usr/bin/prometheus the test fails and
+// says to run tools/install-deps.sh.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -19,7 +20,9 @@
 #include "grpcpp/security/credentials.h"
 #include "reflect/internal/v1/replica.grpc.pb.h"
 #include "tests/support/child_process.h"
+#include "tests/support/http_client.h"
 #include "tests/support/prometheus_server.h"
+#include "tests/support/serving_cluster.h"
 #include "tests/support/test_paths.h"
 
 namespace reflect {
@@ -138,6 +141,45 @@ TEST(PrometheusScrapeTest, PrometheusScrapesTheWorkerAndAnswersPromQl) {
   EXPECT_TRUE(Eventually(**prometheus, "reflect_prefix_cache_queries_total == 120"));
   EXPECT_TRUE(Eventually(
       **prometheus, "reflect_prefix_cache_hits_total / reflect_prefix_cache_queries_total > 0"));
+}
+
+// The router and its replica scraped together, as an operator's Prometheus would: after chats over
+// the OpenAI API, PromQL over the router's time-to-first-token histogram gives a median and a
+// p99, and both targets are up.
+TEST(PrometheusScrapeTest, PrometheusScrapesTheRouterAndAReplica) {
+  testing::ServingClusterOptions options;
+  testing::ServingCluster cluster(options);
+  ASSERT_TRUE(cluster.ready()) << "the cluster did not come up";
+  absl::StatusOr<std::unique_ptr<testing::PrometheusServer>> prometheus =
+      testing::PrometheusServer::Start(
+          {.targets = {cluster.http_address(), cluster.replica_metrics_address(0)}});
+  ASSERT_TRUE(prometheus.ok()) << prometheus.status();
+
+  for (int index = 0; index < 4; ++index) {
+    const nlohmann::json body = {
+        {"messages",
+         {{{"role", "user"}, {"content", "Scrape me, number " + std::to_string(index)}}}},
+        {"max_tokens", 6},
+        {"ignore_eos", true},
+        {"stream", index % 2 == 0}};
+    const testing::HttpReply reply =
+        testing::HttpCall(cluster.http_address(), "POST", "/v1/chat/completions", body.dump());
+    ASSERT_EQ(reply.status, 200) << reply.body;
+  }
+
+  EXPECT_EQ(Scalar(**prometheus, "count(up{job=\"reflect\"} == 1)"), 2.0)
+      << (*prometheus)->Targets()->dump();
+  EXPECT_TRUE(Eventually(
+      **prometheus, "sum(reflect_time_to_first_token_seconds_count{model_name=\"tiny\"}) >= 4"));
+  for (const char* quantile : {"0.5", "0.99"}) {
+    const double seconds =
+        Scalar(**prometheus, std::string("histogram_quantile(") + quantile +
+                                 ", sum by (le) (reflect_time_to_first_token_seconds_bucket))");
+    EXPECT_GT(seconds, 0.0) << quantile;
+    EXPECT_LT(seconds, 60.0) << quantile;
+  }
+  // The replica's own series arrive through the same server.
+  EXPECT_TRUE(Eventually(**prometheus, "sum(reflect_step_duration_seconds_count) > 0"));
 }
 
 TEST(PrometheusScrapeTest, MissingPrometheusSaysToRunInstallDeps) {

@@ -13,7 +13,10 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <future>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <string>
@@ -23,12 +26,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "nlohmann/json.hpp"
 #include "reflect/internal/v1/replica.grpc.pb.h"
 #include "reflect/v1/inference.grpc.pb.h"
+#include "tests/support/child_process.h"
 #include "tests/support/http_client.h"
 #include "tests/support/process.h"
 #include "tests/support/serving_cluster.h"
@@ -386,6 +391,102 @@ TEST(ServingFailoverTest, KillingAReplicaUnderLoadEndsOnlyItsRequests) {
     const StreamOutcome after = RunChat(*stub, ChatFor(index));
     EXPECT_TRUE(after.status.ok()) << after.status.error_message();
   }
+}
+
+// The real reflect-router with --tls_cert_file, --tls_key_file and --api_key_file: both public
+// ports speak only TLS, and both refuse a request without a valid key and serve one with it.
+TEST(ServingSecurityTest, TlsAndApiKeysGuardBothPorts) {
+  const std::filesystem::path directory = testing::MakeTestDirectory("serving-security");
+  const std::string certificate = (directory / "cert.pem").string();
+  const std::string key = (directory / "key.pem").string();
+  const std::string keys = (directory / "api-keys").string();
+  ASSERT_EQ(testing::RunProcess({"/usr/bin/env", "openssl", "req", "-x509", "-newkey", "rsa:2048",
+                                 "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext",
+                                 "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", key,
+                                 "-out", certificate})
+                .exit_code,
+            0);
+  std::ofstream(keys) << "first-key\nsecond-key\n";
+
+  testing::WorkerProcess worker(testing::TestModelPath("tiny").string());
+  ASSERT_FALSE(worker.address().empty());
+  testing::ChildProcess router({std::string(REFLECT_BINARY_DIR) + "/router/reflect-router",
+                                "--model", testing::TestModelPath("tiny").string(), "--replicas",
+                                worker.address(), "--host", "127.0.0.1", "--grpc_port", "0",
+                                "--http_port", "0", "--tls_cert_file", certificate,
+                                "--tls_key_file", key, "--api_key_file", keys});
+  const std::string grpc_address = router.WaitForLine("grpc ", absl::Seconds(60));
+  const std::string http_address = router.WaitForLine("http ", absl::Seconds(60));
+  ASSERT_FALSE(http_address.empty());
+
+  // gRPC over TLS, trusting only the test certificate.
+  grpc::SslCredentialsOptions tls;
+  std::ifstream certificate_file(certificate);
+  tls.pem_root_certs.assign(std::istreambuf_iterator<char>(certificate_file), {});
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateChannel(grpc_address, grpc::SslCredentials(tls));
+  std::unique_ptr<v1::Inference::Stub> stub = v1::Inference::NewStub(channel);
+  const auto chat_with_key = [&](const std::string& authorization) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    if (!authorization.empty()) context.AddMetadata("authorization", authorization);
+    auto reader = stub->Chat(&context, ChatFor(1));
+    v1::GenerationChunk chunk;
+    int chunks = 0;
+    while (reader->Read(&chunk)) ++chunks;
+    const grpc::Status status = reader->Finish();
+    return std::make_pair(status, chunks);
+  };
+  // Health (not behind the keys) says SERVING once the replica is in rotation.
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  bool serving = false;
+  for (const absl::Time deadline = absl::Now() + absl::Seconds(60);
+       !serving && absl::Now() < deadline; absl::SleepFor(absl::Milliseconds(50))) {
+    grpc::ClientContext health_context;
+    health_context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    grpc::health::v1::HealthCheckResponse response;
+    serving = health->Check(&health_context, {}, &response).ok() &&
+              response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+  }
+  ASSERT_TRUE(serving);
+  const auto [refused, no_chunks] = chat_with_key("");
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAUTHENTICATED) << refused.error_message();
+  EXPECT_EQ(no_chunks, 0);
+  EXPECT_EQ(chat_with_key("Bearer wrong-key").first.error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  const auto [served, chunks] = chat_with_key("Bearer second-key");
+  EXPECT_TRUE(served.ok()) << served.error_message();
+  EXPECT_GT(chunks, 0);
+
+  // A plaintext client gets nothing from either port.
+  std::unique_ptr<v1::Inference::Stub> plaintext = InferenceStub(grpc_address);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::ListModelsResponse models;
+  EXPECT_FALSE(plaintext->ListModels(&context, v1::ListModelsRequest(), &models).ok());
+  EXPECT_NE(HttpCall(http_address, "GET", "/v1/models").status, 200);
+
+  // HTTPS with Python's ssl module, verifying the certificate: 401 without a key, 200 with one.
+  const testing::ProcessResult https =
+      testing::RunProcess({"/usr/bin/env", "python3", "-c", R"(
+import json, ssl, sys, urllib.error, urllib.request
+url, certificate = sys.argv[1], sys.argv[2]
+context = ssl.create_default_context(cafile=certificate)
+def status(headers):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), context=context) as reply:
+            return reply.status, json.load(reply)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+print(json.dumps([status({}), status({"Authorization": "Bearer first-key"})]))
+)",
+                           "https://" + http_address + "/v1/models", certificate});
+  ASSERT_EQ(https.exit_code, 0) << https.standard_error;
+  const nlohmann::json replies = nlohmann::json::parse(https.standard_output);
+  EXPECT_EQ(replies[0][0], 401) << replies.dump();
+  EXPECT_EQ(replies[0][1]["error"]["type"], "authentication_error") << replies.dump();
+  EXPECT_EQ(replies[1][0], 200) << replies.dump();
+  EXPECT_EQ(replies[1][1]["data"][0]["id"], "tiny") << replies.dump();
 }
 
 }  // namespace

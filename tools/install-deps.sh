@@ -8,6 +8,7 @@ set -euo pipefail
 
 # prometheus: the real Prometheus server that tests/prometheus_scrape_test.cc runs as a child
 # process (its systemd service is not used) to scrape the worker's and router's /metrics.
+# openssl: the TLS tests make throw-away certificates with it.
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -17,7 +18,7 @@ APT_PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev libgloo-dev libpcre2-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev libboost1.74-dev libssl-dev
-  python3 python3-numpy
+  python3 python3-numpy openssl
   prometheus
 )
 
