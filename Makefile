@@ -4,7 +4,7 @@ JOBS ?= $(shell nproc)
 DEMO_MODEL ?= models/tiny
 REFLECT := $(BUILD_DIR)/tools/reflect/reflect
 
-.PHONY: deps build run test bench bench-llamacpp format clean demo-model
+.PHONY: deps build run test bench bench-llamacpp bench-router format clean demo-model
 
 deps:
 	@tools/install-deps.sh
@@ -20,9 +20,9 @@ $(DEMO_MODEL)/config.json: | build
 
 demo-model: build $(DEMO_MODEL)/config.json
 
+# Serves the demo model: a router (gRPC :50051, HTTP :8000) and one replica; Ctrl-C stops it.
 run: demo-model
-	$(REFLECT) generate --model $(DEMO_MODEL) --chat --max-tokens 48 \
-	  --prompt "Why is the sky blue?"
+	$(REFLECT) serve --model $(DEMO_MODEL)
 
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
@@ -41,3 +41,7 @@ bench-llamacpp: build
 	python3 -c "import llama_cpp, gguf" 2>/dev/null || python3 -m pip install --quiet gguf sentencepiece llama-cpp-python
 	test -f models/1b/config.json || $(REFLECT) mkmodel --preset 1b --dtype bf16 --out models/1b
 	python3 tools/bench/compare_llamacpp.py --reflect $(REFLECT) --model models/1b
+
+# Router overhead, router CPU per token, open streams, prefix-cache TTFT (BENCHMARKS.md).
+bench-router: demo-model
+	python3 tools/bench/router_bench.py --build-dir $(BUILD_DIR) --model $(DEMO_MODEL)

@@ -85,8 +85,9 @@ void AdmissionController::EndQueued(int64_t prompt_tokens, absl::Time now) {
   const std::lock_guard lock(mutex_);
   --queued_requests_;
   queued_prompt_tokens_ -= prompt_tokens;
-  // Leaving the queue without a token frees a place all the same, but does not count towards
-  // the drain rate: a burst of cancels says nothing about how fast replicas take work.
+  // Leaving the queue without a token frees a place all the same: it counts as an end (the
+  // in-flight hint) but not as a first token (the queue's drain rate), since a burst of cancels
+  // says nothing about how fast replicas take work.
   ends_.Record(now);
 }
 

@@ -1,5 +1,5 @@
-// Optional API keys for the router's front ends (HTTP `Authorization: Bearer <key>` now, the same
-// header as gRPC `authorization` metadata later).
+// Optional API keys for the router's front ends: HTTP `Authorization: Bearer <key>` and the same
+// value in gRPC `authorization` metadata.
 #pragma once
 
 #include <array>

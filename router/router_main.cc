@@ -9,9 +9,10 @@
 // given 0). /readyz and the gRPC health status say SERVING once a replica is in
 // rotation.
 //
-// SIGTERM / SIGINT: health NOT_SERVING and /readyz 503, then both servers stop
-// accepting and let in-flight streams finish (up to --drain_seconds), then exit
-// 0. Signals are taken by sigwait in main, never in signal context.
+// SIGTERM / SIGINT: gRPC health NOT_SERVING, then both servers stop accepting
+// (so an HTTP readiness probe fails from then on) and let in-flight streams
+// finish (up to --drain_seconds), then exit 0. Signals are taken by sigwait in main, never in
+// signal context.
 #include <signal.h>
 
 #include <chrono>
@@ -48,9 +49,8 @@
 #include "router/router_metrics.h"
 
 ABSL_FLAG(std::string, model, "",
-          "Model directory: tokenizer.json, tokenizer_config.json and "
-          "config.json (no weights "
-          "are read)");
+          "Model directory: config.json, tokenizer.json and, when present, "
+          "generation_config.json (no weights are read)");
 ABSL_FLAG(std::string, served_model_name, "",
           "Name of the model in the APIs; empty: the model directory's name");
 ABSL_FLAG(std::string, replicas, "", "Replica leaders to route to: host:port,host:port,...");

@@ -152,15 +152,20 @@ bool StartChild(Child& child) {
   return true;
 }
 
-// Polls GET /readyz on the router's HTTP port until it answers 200 or `timeout` passes.
-bool WaitForReady(int http_port, absl::Duration timeout) {
+// Polls GET /readyz on the router's HTTP port at `host` (loopback for a wildcard host) until it
+// answers 200 or `timeout` passes.
+bool WaitForReady(const std::string& host, int http_port, absl::Duration timeout) {
+  in_addr router_address{};
+  if (host.empty() || host == "0.0.0.0" || inet_pton(AF_INET, host.c_str(), &router_address) != 1) {
+    router_address.s_addr = htonl(INADDR_LOOPBACK);
+  }
   const absl::Time deadline = absl::Now() + timeout;
   while (absl::Now() < deadline && !stop_requested) {
     const int socket_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in address{};
     address.sin_family = AF_INET;
     address.sin_port = htons(static_cast<uint16_t>(http_port));
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    address.sin_addr = router_address;
     bool ready = false;
     if (connect(socket_fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0) {
       const std::string request = "GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n";
@@ -190,12 +195,13 @@ void ReapChildren(std::vector<Child>& children) {
                                   ? absl::StrCat("exited with code ", WEXITSTATUS(status))
                                   : absl::StrCat("was killed by signal ", WTERMSIG(status));
       const absl::Duration lived = absl::Now() - child.started;
-      child.backoff = lived > absl::Seconds(60) ? absl::Seconds(1)
-                                                : std::min(child.backoff * 2, absl::Seconds(30));
+      // 1 s after a child that lived a minute or more; doubling (to 30 s) while it keeps dying
+      // young.
       if (lived > absl::Seconds(60)) child.backoff = absl::Seconds(1);
       child.restart_at = absl::Now() + child.backoff;
       std::fprintf(stderr, "reflect serve: %s (pid %d) %s; restarting in %s\n", child.name.c_str(),
                    pid, how.c_str(), absl::FormatDuration(child.backoff).c_str());
+      child.backoff = std::min(child.backoff * 2, absl::Seconds(30));
       child.pid = -1;
     }
   }
@@ -320,7 +326,7 @@ int Run(const std::vector<char*>& positional) {
     }
   }
   const absl::Time started = absl::Now();
-  if (WaitForReady(http_port, absl::Minutes(10))) {
+  if (WaitForReady(absl::GetFlag(FLAGS_host), http_port, absl::Minutes(10))) {
     std::printf(
         "%s",
         ServeExamples(absl::GetFlag(FLAGS_host), grpc_port, http_port, served_model_name).c_str());
