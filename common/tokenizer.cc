@@ -210,10 +210,17 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::filesystem
   }
 }
 
+bool StreamingDetokenizer::IsSpecial(int32_t id, const std::string& bytes) const {
+  if (bytes.size() < 4 || !bytes.starts_with("<|") || !bytes.ends_with("|>")) return false;
+  const std::optional<int32_t> spelled = tokenizer_.TokenId(bytes);
+  return spelled.has_value() && *spelled == id;
+}
+
 std::string StreamingDetokenizer::Push(int32_t id) {
   // An id the tokenizer does not know (a padded model vocabulary) contributes no text.
   const absl::StatusOr<std::string> bytes = tokenizer_.TokenBytes(id);
-  if (bytes.ok()) pending_ += *bytes;
+  if (!bytes.ok() || (skip_special_tokens_ && IsSpecial(id, *bytes))) return std::string();
+  pending_ += *bytes;
   std::string text;
   std::string_view rest = pending_;
   while (!rest.empty()) {

@@ -38,17 +38,27 @@ class Tokenizer {
 };
 
 // Turns a stream of ids into text deltas that never end inside a UTF-8 character: bytes of an
-// incomplete character are held until the character completes. Not thread-safe (one per stream).
+// incomplete character are held until the character completes. With `skip_special_tokens`, a
+// special token (one spelled "<|…|>" that the tokenizer maps back to the same id, such as
+// <|eot_id|>) gives no text, as vLLM's skip_special_tokens does. Not thread-safe (one per stream).
 class StreamingDetokenizer {
  public:
-  explicit StreamingDetokenizer(const Tokenizer& tokenizer) : tokenizer_(tokenizer) {}
+  explicit StreamingDetokenizer(const Tokenizer& tokenizer, bool skip_special_tokens = false)
+      : tokenizer_(tokenizer), skip_special_tokens_(skip_special_tokens) {}
   // The complete characters that `id` finishes (maybe empty).
   std::string Push(int32_t id);
   // Whatever is still held at the end of the stream (invalid bytes become U+FFFD).
   std::string Flush();
+  // Whether bytes of an incomplete character are held.
+  bool holds_bytes() const { return !pending_.empty(); }
+  // Drops the held bytes.
+  void Discard() { pending_.clear(); }
 
  private:
+  bool IsSpecial(int32_t id, const std::string& bytes) const;
+
   const Tokenizer& tokenizer_;
+  const bool skip_special_tokens_;
   std::string pending_;
 };
 

@@ -4,8 +4,6 @@
 #include <deque>
 #include <utility>
 
-#include "common/utf8.h"
-
 namespace reflect {
 
 namespace {
@@ -23,12 +21,6 @@ struct AcceptedToken {
 // True for the tokenizer's special tokens (Llama 3's "<|eot_id|>", "<|reserved_special_token_N|>"
 // ...): the model emits them as control, not text, so they render as nothing (as
 // skip_special_tokens does in Hugging Face) and never reach the client or the stop matcher.
-bool IsSpecialToken(const Tokenizer& tokenizer, int32_t token_id, const std::string& bytes) {
-  if (bytes.size() < 4 || !bytes.starts_with("<|") || !bytes.ends_with("|>")) return false;
-  const std::optional<int32_t> spelled = tokenizer.TokenId(bytes);
-  return spelled.has_value() && *spelled == token_id;
-}
-
 }  // namespace
 
 struct GenerationPipeline::State {
@@ -37,14 +29,8 @@ struct GenerationPipeline::State {
         options(std::move(options_in)),
         stop_matcher(options.stop_strings),
         parser(SectionParserOptions{.keep_tags = options.trace_mode == TraceMode::kVerbatim}),
-        tag_parser(SectionParserOptions{.keep_tags = true}) {}
-
-  // Detokenizes one token: the complete UTF-8 characters it finishes. Kept here rather than in a
-  // StreamingDetokenizer because the pipeline must know whether bytes are still held (the last
-  // token then carries their replacement text at Finish).
-  std::string Detokenize(int32_t token_id);
-  // Whatever the detokenizer holds at the end of the stream, invalid bytes as U+FFFD.
-  std::string FlushDetokenizer();
+        tag_parser(SectionParserOptions{.keep_tags = true}),
+        detokenizer(tokenizer_in, /*skip_special_tokens=*/true) {}
 
   // Accepts one token in index order and returns false when it must be ignored.
   bool Accept(const ReplicaToken& token);
@@ -84,7 +70,9 @@ struct GenerationPipeline::State {
   std::deque<AcceptedToken> uncounted;  // pushed to the parser, not yet counted (held tag prefix)
   Section last_resolved_section = Section::kOutput;  // of the last resolved byte of the stream
 
-  std::string undecoded;          // bytes of an incomplete UTF-8 character at the end of the stream
+  // Held bytes of an incomplete UTF-8 character belong to the newest token (at Finish it carries
+  // their replacement text). Special tokens (<|eot_id|>…) give no text.
+  StreamingDetokenizer detokenizer;
   int64_t detokenized_bytes = 0;  // detokenized stream length so far
 
   std::string released;                // stop-matcher output not yet pushed to the parser
@@ -105,34 +93,6 @@ struct GenerationPipeline::State {
   bool force_pending = false;
 };
 
-std::string GenerationPipeline::State::Detokenize(int32_t token_id) {
-  const absl::StatusOr<std::string> bytes = tokenizer.TokenBytes(token_id);
-  // An id outside the tokenizer (a padded model vocabulary) and special tokens give no text.
-  if (!bytes.ok() || IsSpecialToken(tokenizer, token_id, *bytes)) return std::string();
-  undecoded += *bytes;
-  std::string text;
-  std::string_view rest = undecoded;
-  while (!rest.empty()) {
-    const Utf8Character character = ReadUtf8Character(rest);
-    if (character.kind == Utf8Character::Kind::kIncomplete) break;
-    if (character.kind == Utf8Character::Kind::kValid) {
-      text.append(rest.substr(0, character.length));
-    } else {
-      // No later byte can repair an ill-formed sequence: replace it now, as Flush would.
-      text.append("\xEF\xBF\xBD");
-    }
-    rest.remove_prefix(character.length);
-  }
-  undecoded = std::string(rest);
-  return text;
-}
-
-std::string GenerationPipeline::State::FlushDetokenizer() {
-  std::string text = ReplaceInvalidUtf8(undecoded);
-  undecoded.clear();
-  return text;
-}
-
 bool GenerationPipeline::State::Accept(const ReplicaToken& token) {
   // Below next_index: a replay after the replica's rewind (already accepted). Above: generated
   // after a force point the replica had not yet seen, or a gap; either way not ours to use.
@@ -150,7 +110,7 @@ bool GenerationPipeline::State::Accept(const ReplicaToken& token) {
 }
 
 void GenerationPipeline::State::Process(AcceptedToken token, std::vector<OutputPiece>& out) {
-  const std::string text = Detokenize(token.token_id);
+  const std::string text = detokenizer.Push(token.token_id);
   detokenized_bytes += static_cast<int64_t>(text.size());
   token.end_offset = detokenized_bytes;
   accepted.push_back(std::move(token));
@@ -170,7 +130,7 @@ void GenerationPipeline::State::Drain(bool final, std::vector<OutputPiece>& out)
     const AcceptedToken& token = accepted.front();
     // The newest token keeps its place while the detokenizer holds bytes of it: at the end of the
     // stream they become its text.
-    const bool holds_bytes = accepted.size() == 1 && !undecoded.empty();
+    const bool holds_bytes = accepted.size() == 1 && detokenizer.holds_bytes();
     int64_t end = token.end_offset;
     if (final) {
       end = accepted.size() == 1 ? released_end : std::min(end, released_end);
@@ -292,7 +252,7 @@ void GenerationPipeline::State::EndAtStop(size_t stop_index, std::vector<OutputP
   stopped = true;
   matched_stop = options.stop_strings[stop_index];
   // The held UTF-8 bytes lie after the stop string (released text ends where it starts).
-  undecoded.clear();
+  detokenizer.Discard();
   Drain(/*final=*/true, out);
   FinishParser(out);
 }
@@ -328,7 +288,7 @@ std::vector<OutputPiece> GenerationPipeline::Finish() {
   if (state.stopped || state.finished) return out;
   state.finished = true;
   // A truncated character at the very end becomes U+FFFD, the text of the last token.
-  const std::string tail = state.FlushDetokenizer();
+  const std::string tail = state.detokenizer.Flush();
   state.detokenized_bytes += static_cast<int64_t>(tail.size());
   if (!state.accepted.empty()) state.accepted.back().end_offset = state.detokenized_bytes;
   StopMatcherResult result = state.stop_matcher.Push(tail);

@@ -156,6 +156,31 @@ TEST(StreamingDetokenizerTest, FlushReplacesLeftoverBytes) {
   EXPECT_EQ(detokenizer.Flush(), "");
 }
 
+TEST(StreamingDetokenizerTest, SkipsSpecialTokensOnlyWhenAsked) {
+  const Tokenizer& tokenizer = Llama31();
+  const std::optional<int32_t> end_of_turn = tokenizer.TokenId("<|eot_id|>");
+  ASSERT_EQ(end_of_turn, 128009);
+  StreamingDetokenizer verbatim(tokenizer);
+  EXPECT_EQ(verbatim.Push(*end_of_turn), "<|eot_id|>");
+  StreamingDetokenizer skipping(tokenizer, /*skip_special_tokens=*/true);
+  EXPECT_EQ(skipping.Push(*end_of_turn), "");
+  // Ordinary text that looks like a tag's start is not special.
+  std::string text;
+  for (const int32_t id : tokenizer.Encode("a <|b|> c")) text += skipping.Push(id);
+  EXPECT_EQ(text + skipping.Flush(), "a <|b|> c");
+}
+
+TEST(StreamingDetokenizerTest, DiscardDropsHeldBytes) {
+  const Tokenizer& tokenizer = Llama31();
+  StreamingDetokenizer detokenizer(tokenizer);
+  EXPECT_FALSE(detokenizer.holds_bytes());
+  EXPECT_EQ(detokenizer.Push(*tokenizer.TokenId("\xE2")), "");
+  EXPECT_TRUE(detokenizer.holds_bytes());
+  detokenizer.Discard();
+  EXPECT_FALSE(detokenizer.holds_bytes());
+  EXPECT_EQ(detokenizer.Flush(), "");
+}
+
 TEST(StreamingDetokenizerTest, ReplacesBytesThatCanNeverComplete) {
   const Tokenizer& tokenizer = Llama31();
   StreamingDetokenizer detokenizer(tokenizer);
