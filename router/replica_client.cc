@@ -25,6 +25,12 @@ namespace v1 = internal::v1;
 // came back; a replica on loopback or in the same cluster is cheap to retry every second.
 constexpr int kMinReconnectBackoffMilliseconds = 100;
 constexpr int kMaxReconnectBackoffMilliseconds = 1000;
+// HTTP/2 keepalive: a replica that stops answering (hung, stopped, cut off) without closing its
+// connection is detected by an unanswered PING within kKeepalive{Time,Timeout} (4 s at most),
+// which fails every stream on the connection with UNAVAILABLE instead of leaving them waiting.
+// The replica's server permits pings this frequent (worker_main.cc).
+constexpr int kKeepaliveTimeMilliseconds = 2000;
+constexpr int kKeepaliveTimeoutMilliseconds = 2000;
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
@@ -290,6 +296,10 @@ ReplicaClient::ReplicaClient(std::string address)
   arguments.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, kMinReconnectBackoffMilliseconds);
   arguments.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, kMinReconnectBackoffMilliseconds);
   arguments.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, kMaxReconnectBackoffMilliseconds);
+  arguments.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMilliseconds);
+  arguments.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMilliseconds);
+  arguments.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  arguments.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   // Token streams are many small messages; the default limit (4 MiB) is plenty, except for a
   // LoadReport with a large prefix summary.
   arguments.SetMaxReceiveMessageSize(64 << 20);

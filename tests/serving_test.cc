@@ -57,6 +57,7 @@ struct StreamOutcome {
   std::string text;
   v1::Finish finish;
   int chunks = 0;
+  absl::Time ended;  // when the stream's status arrived
 };
 
 std::unique_ptr<v1::Inference::Stub> InferenceStub(const std::string& address) {
@@ -79,6 +80,7 @@ StreamOutcome RunChat(v1::Inference::Stub& stub, const v1::ChatRequest& request,
     if (on_chunk) on_chunk(context, outcome.chunks);
   }
   outcome.status = reader->Finish();
+  outcome.ended = absl::Now();
   return outcome;
 }
 
@@ -340,7 +342,10 @@ TEST(ServingAdmissionTest, FullQueueAnswers429AtOnceWithRetryAfter) {
   for (auto& reader : readers) reader->Finish();
 }
 
-TEST(ServingFailoverTest, KillingAReplicaUnderLoadEndsOnlyItsRequests) {
+// Sends 16 streams over two replicas, hits replica 0 with `signal` once every stream has its first
+// chunk, and checks that the streams on replica 0 end with UNAVAILABLE (within `deadline`), the
+// others finish, and the router stays ready and serves new work on the other replica.
+void ExpectOnlyTheStrickenReplicasRequestsEnd(int signal, absl::Duration deadline) {
   ServingCluster cluster(ClusterOptions(2, {}, {}));
   ASSERT_TRUE(cluster.ready());
   std::unique_ptr<v1::Inference::Stub> stub = InferenceStub(cluster.grpc_address());
@@ -356,11 +361,13 @@ TEST(ServingFailoverTest, KillingAReplicaUnderLoadEndsOnlyItsRequests) {
       });
     }));
   }
-  const absl::Time deadline = absl::Now() + absl::Seconds(60);
-  while (started.load() < kStreams && absl::Now() < deadline) {
+  const absl::Time start_deadline = absl::Now() + absl::Seconds(60);
+  while (started.load() < kStreams && absl::Now() < start_deadline) {
     absl::SleepFor(absl::Milliseconds(10));
   }
-  cluster.replica_process(0).Signal(SIGKILL);
+  ASSERT_EQ(started.load(), kStreams);
+  cluster.replica_process(0).Signal(signal);
+  const absl::Time stricken = absl::Now();
   int unavailable = 0;
   int ok = 0;
   for (auto& future : outcomes) {
@@ -370,6 +377,7 @@ TEST(ServingFailoverTest, KillingAReplicaUnderLoadEndsOnlyItsRequests) {
     } else {
       EXPECT_EQ(outcome.status.error_code(), grpc::StatusCode::UNAVAILABLE)
           << outcome.status.error_message();
+      EXPECT_LT(outcome.ended - stricken, deadline) << outcome.status.error_message();
       ++unavailable;
     }
   }
@@ -382,6 +390,15 @@ TEST(ServingFailoverTest, KillingAReplicaUnderLoadEndsOnlyItsRequests) {
     const StreamOutcome after = RunChat(*stub, ChatFor(index));
     EXPECT_TRUE(after.status.ok()) << after.status.error_message();
   }
+}
+
+TEST(ServingFailoverTest, KillingAReplicaUnderLoadEndsOnlyItsRequests) {
+  ExpectOnlyTheStrickenReplicasRequestsEnd(SIGKILL, absl::Seconds(5));
+}
+
+// A stopped process keeps its connections open and answers nothing: keepalive pings find it.
+TEST(ServingFailoverTest, AHungReplicasRequestsEndWithinSeconds) {
+  ExpectOnlyTheStrickenReplicasRequestsEnd(SIGSTOP, absl::Seconds(10));
 }
 
 // The real reflect-router with --tls_cert_file, --tls_key_file and --api_key_file: both public

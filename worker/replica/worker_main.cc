@@ -124,6 +124,11 @@ int Serve() {
   builder.AddListeningPort(absl::StrCat(host, ":", absl::GetFlag(FLAGS_port)),
                            grpc::InsecureServerCredentials(), &selected_port);
   builder.RegisterService(&service);
+  // The router pings every 2 s, with or without calls, to notice a hung replica; accept that
+  // rather than answering it with GOAWAY (too_many_pings).
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || selected_port == 0) {
     std::fprintf(stderr, "reflect-worker: cannot listen on %s:%d\n", host.c_str(),
