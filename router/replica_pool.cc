@@ -58,7 +58,11 @@ void ReplicaPool::PollDone(size_t index, uint64_t poll_number,
   } else {
     replica.report = *std::move(report);
     replica.outstanding_requests_at_report = replica.outstanding_requests;
-    if (!replica.report.accepting) {
+    if (!options_.model.empty() && replica.report.model != options_.model) {
+      SetRotationLocked(
+          index, false,
+          "serves model \"" + replica.report.model + "\", not \"" + options_.model + "\"");
+    } else if (!replica.report.accepting) {
       SetRotationLocked(index, false, "not accepting requests");
     } else if (poll_number > replica.rotation_barrier) {
       SetRotationLocked(index, true, "poll ok");
@@ -70,7 +74,16 @@ void ReplicaPool::PollDone(size_t index, uint64_t poll_number,
 
 void ReplicaPool::SetRotationLocked(size_t index, bool in_rotation, const std::string& why) {
   Replica& replica = *replicas_[index];
-  if (replica.in_rotation == in_rotation) return;
+  // Staying out for a new reason (say a replica that never came in, found serving another model)
+  // is logged too, at most every 10 s.
+  const absl::Time now = absl::Now();
+  if (replica.in_rotation == in_rotation &&
+      (in_rotation || replica.out_of_rotation_reason == why ||
+       now - replica.out_of_rotation_logged < absl::Seconds(10))) {
+    return;
+  }
+  replica.out_of_rotation_reason = in_rotation ? "" : why;
+  replica.out_of_rotation_logged = in_rotation ? absl::InfinitePast() : now;
   replica.in_rotation = in_rotation;
   std::fprintf(stderr, "reflect-router: replica=%s event=%s reason=\"%s\"\n",
                replica.client->address().c_str(), in_rotation ? "in_rotation" : "out_of_rotation",

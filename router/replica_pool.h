@@ -39,6 +39,9 @@ struct ReplicaPoolOptions {
   std::vector<std::string> addresses;  // validated by the caller
   absl::Duration poll_interval = absl::Milliseconds(200);
   absl::Duration poll_timeout = absl::Seconds(1);
+  // The model name every replica must report; a replica reporting another stays out of rotation.
+  // Empty: not checked.
+  std::string model;
 };
 
 // The replicas in rotation at one moment, as ChooseReplica takes them.
@@ -81,7 +84,9 @@ class ReplicaPool {
     // All below guarded by ReplicaPool::mutex_.
     bool poll_in_flight = false;
     bool in_rotation = false;
-    uint64_t rotation_barrier = 0;  // polls numbered at or below it cannot bring it back
+    std::string out_of_rotation_reason;  // the last one logged
+    absl::Time out_of_rotation_logged;   // when it was logged
+    uint64_t rotation_barrier = 0;       // polls numbered at or below it cannot bring it back
     ReplicaLoadReport report;
     int64_t outstanding_requests = 0;
     int64_t outstanding_requests_at_report = 0;

@@ -40,7 +40,8 @@ class RequestRouterImpl final : public RequestRouter {
                     RouterMetrics* metrics)
       : pool_(ReplicaPoolOptions{.addresses = std::move(options.replica_addresses),
                                  .poll_interval = options.poll_interval,
-                                 .poll_timeout = options.poll_timeout}),
+                                 .poll_timeout = options.poll_timeout,
+                                 .model = options.model}),
         admission_(options.admission),
         services_(pool_, admission_, tokenizer, metrics) {
     services_.request_done = [this](uint64_t request_number) { RequestDone(request_number); };

@@ -78,6 +78,9 @@ struct RequestRouterOptions {
   AdmissionLimits admission;
   absl::Duration poll_interval = absl::Milliseconds(200);
   absl::Duration poll_timeout = absl::Seconds(1);
+  // The served model name replicas must report in GetLoad (a replica serving another model is
+  // never routed to, and says so in the log); empty: not checked.
+  std::string model;
   // Tokens per block and probes of the prefix summaries are read from the replicas' reports.
 };
 

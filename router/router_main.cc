@@ -137,6 +137,7 @@ int Serve() {
   RouterMetrics metrics(served_model_name);
   RequestRouterOptions router_options;
   router_options.replica_addresses = absl::StrSplit(absl::GetFlag(FLAGS_replicas), ',');
+  router_options.model = served_model_name;
   router_options.admission.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
   router_options.admission.max_queued_prompt_tokens = absl::GetFlag(FLAGS_max_queued_prompt_tokens);
   router_options.admission.max_in_flight_requests = absl::GetFlag(FLAGS_max_in_flight_requests);

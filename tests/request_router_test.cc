@@ -561,6 +561,46 @@ TEST(RequestRouterTest, NoReplicaReadyIsUnavailableAtOnce) {
   }
 }
 
+TEST(RequestRouterTest, ReplicaServingAnotherModelIsNeverRoutedTo) {
+  WorkerProcess other(TestModelPath("tiny").string(), {"--served_model_name", "not-tiny"});
+  WorkerProcess same(TestModelPath("tiny").string(), {"--served_model_name", "tiny"});
+  ASSERT_FALSE(other.address().empty());
+  ASSERT_FALSE(same.address().empty());
+  RequestRouterOptions options;
+  options.replica_addresses = {other.address()};
+  options.poll_interval = absl::Milliseconds(50);
+  options.model = "tiny";
+  absl::StatusOr<std::unique_ptr<RequestRouter>> alone =
+      RequestRouter::Create(options, TinyTokenizer(), nullptr);
+  ASSERT_TRUE(alone.ok()) << alone.status();
+  // It answers its polls, yet never enters rotation.
+  EXPECT_FALSE((*alone)->WaitUntilReady(absl::Seconds(1)));
+  EXPECT_FALSE((*alone)->Replicas().at(0).in_rotation);
+  const auto refused = std::make_shared<CollectingSink>();
+  EXPECT_TRUE(absl::IsUnavailable((*alone)->Submit(Request(0, 8, 4), refused).status()));
+
+  // Beside a replica of the right model, every request goes to that one.
+  options.replica_addresses = {other.address(), same.address()};
+  absl::StatusOr<std::unique_ptr<RequestRouter>> router =
+      RequestRouter::Create(options, TinyTokenizer(), nullptr);
+  ASSERT_TRUE(router.ok()) << router.status();
+  ASSERT_TRUE((*router)->WaitUntilReady(kTimeout));
+  absl::SleepFor(absl::Milliseconds(200));  // several polls of both replicas
+  std::vector<Submitted> requests;
+  for (int index = 0; index < 6; ++index)
+    requests.push_back(Submit(**router, Request(index, 8, 4)));
+  for (Submitted& request : requests) {
+    const absl::StatusOr<GenerationOutcome> outcome = request.sink->Wait();
+    EXPECT_TRUE(outcome.ok()) << outcome.status();
+  }
+  const std::vector<ReplicaStatus> replicas = (*router)->Replicas();
+  EXPECT_FALSE(replicas.at(0).in_rotation);
+  EXPECT_TRUE(replicas.at(1).in_rotation);
+  absl::StatusOr<ReplicaLoadReport> other_load = GetLoad(other.address());
+  ASSERT_TRUE(other_load.ok()) << other_load.status();
+  EXPECT_EQ(other_load->model, "not-tiny");
+}
+
 TEST(RequestRouterTest, CreateRefusesBadOptions) {
   RequestRouterOptions options;
   EXPECT_TRUE(
