@@ -272,8 +272,10 @@ void InferenceService::CountRejected(const absl::Status& status) const {
 }
 
 absl::StatusOr<RoutedRequest> InferenceService::CommonRequest(
-    std::string_view model, std::string_view request_id, int32_t priority,
-    const v1::ReflectionOptions& reflection, const v1::SamplingParams& sampling) const {
+    const grpc::CallbackServerContext& context, std::string_view model, std::string_view request_id,
+    int32_t priority, const v1::ReflectionOptions& reflection,
+    const v1::SamplingParams& sampling) const {
+  if (absl::Status authorized = Authorize(context); !authorized.ok()) return authorized;
   if (absl::StatusOr<std::string> resolved = ResolveModelName(model, options_.limits);
       !resolved.ok()) {
     return resolved.status();
@@ -321,13 +323,9 @@ grpc::ServerWriteReactor<v1::GenerationChunk>* InferenceService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   const absl::Time received_time = absl::Now();
   std::string_view prompt_field = "prompt";
-  absl::StatusOr<RoutedRequest> routed = absl::UnknownError("unset");
-  if (absl::Status authorized = Authorize(*context); authorized.ok()) {
-    routed = CommonRequest(request->model(), request->request_id(), request->priority(),
-                           request->reflection(), request->sampling());
-  } else {
-    routed = authorized;
-  }
+  absl::StatusOr<RoutedRequest> routed =
+      CommonRequest(*context, request->model(), request->request_id(), request->priority(),
+                    request->reflection(), request->sampling());
   if (routed.ok()) {
     switch (request->prompt_case()) {
       case v1::GenerateRequest::kText:
@@ -349,13 +347,9 @@ grpc::ServerWriteReactor<v1::GenerationChunk>* InferenceService::Generate(
 grpc::ServerWriteReactor<v1::GenerationChunk>* InferenceService::Chat(
     grpc::CallbackServerContext* context, const v1::ChatRequest* request) {
   const absl::Time received_time = absl::Now();
-  absl::StatusOr<RoutedRequest> routed = absl::UnknownError("unset");
-  if (absl::Status authorized = Authorize(*context); authorized.ok()) {
-    routed = CommonRequest(request->model(), request->request_id(), request->priority(),
-                           request->reflection(), request->sampling());
-  } else {
-    routed = authorized;
-  }
+  absl::StatusOr<RoutedRequest> routed =
+      CommonRequest(*context, request->model(), request->request_id(), request->priority(),
+                    request->reflection(), request->sampling());
   if (routed.ok()) {
     absl::StatusOr<std::vector<ChatMessage>> messages = ChatMessagesFromProto(
         request->messages(), request->add_reflection_system_prompt(), options_.limits);

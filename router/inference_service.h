@@ -55,9 +55,10 @@ class InferenceService final : public v1::Inference::CallbackService {
                                        v1::ListModelsResponse* response) override;
 
  private:
-  // Validation, model, request id, priority, reflection options and sampling: what Generate and
-  // Chat share; the prompt is set by the caller.
-  absl::StatusOr<RoutedRequest> CommonRequest(std::string_view model, std::string_view request_id,
+  // The API key, then validation of model, request id, priority, reflection options and
+  // sampling: what Generate and Chat share; the prompt is set by the caller.
+  absl::StatusOr<RoutedRequest> CommonRequest(const grpc::CallbackServerContext& context,
+                                              std::string_view model, std::string_view request_id,
                                               int32_t priority,
                                               const v1::ReflectionOptions& reflection,
                                               const v1::SamplingParams& sampling) const;
