@@ -39,11 +39,26 @@ struct StepPlan {
   std::vector<BlockSwap> swap_in;
 };
 
+// One of the most likely tokens at a position, with its natural-log probability under the same
+// processed distribution as SampledToken::logprob.
+struct TokenAlternative {
+  int32_t token_id = 0;
+  float logprob = 0.0f;
+};
+
 // The sampled outcome for one sequence that needed logits.
 struct SampledToken {
   int64_t sequence_id = 0;
   int32_t token_id = 0;
-  float logprob = 0.0f;  // log-softmax of the chosen token under the processed distribution
+  // Natural log of the chosen token's probability under the processed distribution: the one the
+  // draw used (penalties, temperature, then renormalized over what top-k, top-p and min-p keep);
+  // for greedy, the log-softmax of the penalized logits at temperature 1 (docs/sampling.md).
+  float logprob = 0.0f;
+  // With SamplingParams.logprobs = N > 0: the N most likely tokens under that same distribution,
+  // most likely first, equal probabilities by lower id; fewer when the distribution gives fewer
+  // than N tokens a nonzero probability (top-k, top-p, min-p). The chosen token's entry, when it
+  // is among them, equals `logprob`. Empty when N = 0 (nothing is computed then).
+  std::vector<TokenAlternative> top_logprobs = {};
 };
 
 struct StepResult {

@@ -463,7 +463,8 @@ TEST(EngineLoopTest, ForceReplacesTheTailAndSamplingContinuesAfterIt) {
     const std::lock_guard lock(handle_mutex);
     engine->Force(handle, 3, forced);
   });
-  const EngineRequest request = Request(Tokens(30, 11), 20, 0.9, 3);
+  EngineRequest request = Request(Tokens(30, 11), 20, 0.9, 3);
+  request.sampling.logprobs = 2;
   {
     const std::lock_guard lock(handle_mutex);
     absl::StatusOr<int64_t> submitted = engine->Submit(request, sink);
@@ -476,6 +477,11 @@ TEST(EngineLoopTest, ForceReplacesTheTailAndSamplingContinuesAfterIt) {
   EXPECT_EQ(events[6].index, 3);  // the forced tokens come right after index 5
   EXPECT_EQ(events[6].token_id, forced[0]);
   EXPECT_EQ(events[7].logprob, 0.0f);
+  // Sampled tokens carry alternatives; forced ones carry none.
+  EXPECT_FALSE(events[0].top_logprobs.empty());
+  EXPECT_LE(events[0].top_logprobs.size(), 2u);
+  EXPECT_TRUE(events[6].top_logprobs.empty());
+  EXPECT_TRUE(events[7].top_logprobs.empty());
   std::vector<int32_t> tokens = FinalTokens(events);
   ASSERT_EQ(tokens.size(), 20u);
 

@@ -186,6 +186,35 @@ TEST(GeneratorTest, MaxTokensEndsWithLength) {
   }
 }
 
+TEST(GeneratorTest, GreedyAlternativesStartWithTheChosenToken) {
+  GenerationRequest request = Request({5, 6, 7}, 6, 0.0);
+  request.params.logprobs = 3;
+  GenerationRequest sampled = Request({8, 9}, 6, 1.0, /*seed=*/4);
+  sampled.params.logprobs = 2;
+  const GenerationRequest without = Request({5, 6, 7}, 6, 0.0);
+  const auto results = GenerateAll({request, sampled, without});
+  ASSERT_THAT(results, SizeIs(3));
+  for (size_t index = 0; index < 2; ++index) {
+    const GenerationResult& result = results[index];
+    ASSERT_THAT(result.top_logprobs, SizeIs(result.generated_ids.size()));
+    for (size_t token = 0; token < result.generated_ids.size(); ++token) {
+      const std::vector<TokenAlternative>& top = result.top_logprobs[token];
+      ASSERT_THAT(top, SizeIs(index == 0 ? 3 : 2)) << "token " << token;
+      for (size_t rank = 1; rank < top.size(); ++rank) {
+        EXPECT_GE(top[rank - 1].logprob, top[rank].logprob);
+      }
+      if (index == 0) {
+        EXPECT_EQ(top[0].token_id, result.generated_ids[token]);
+        EXPECT_EQ(top[0].logprob, result.logprobs[token]);
+      }
+    }
+  }
+  // Alternatives change nothing else, and cost nothing when not asked for.
+  EXPECT_EQ(results[2].generated_ids, results[0].generated_ids);
+  EXPECT_EQ(results[2].logprobs, results[0].logprobs);
+  EXPECT_TRUE(results[2].top_logprobs.empty());
+}
+
 TEST(GeneratorTest, EosStopsUnlessIgnored) {
   GenerationRequest request = Request({4, 9, 4, 9}, 12, 0.0);
   const std::vector<int32_t> free_running = GenerateAll({request})[0].generated_ids;

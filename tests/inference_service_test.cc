@@ -273,13 +273,15 @@ TEST_F(InferenceServiceTest, ChatStreamsLabelledChunksAndOneFinish) {
       const v1::TokenLogprobs& logprobs = chunk.logprobs(index);
       EXPECT_EQ(logprobs.token_id(), chunk.token_ids(index));
       EXPECT_LE(logprobs.logprob(), 0.0);
-      // At most the alternatives asked for (the replica may send none: its engine does not
-      // compute them yet); when present, greedy sampled the most likely one.
-      EXPECT_LE(logprobs.top_size(), 2);
-      if (logprobs.top_size() > 0) {
-        EXPECT_FALSE(logprobs.top(0).token_bytes().empty());
-        EXPECT_EQ(logprobs.top(0).token_id(), logprobs.token_id());
-      }
+      // The alternatives asked for, most likely first; greedy sampled the first one, whose
+      // logprob is the token's own.
+      ASSERT_EQ(logprobs.top_size(), 2);
+      EXPECT_FALSE(logprobs.top(0).token_bytes().empty());
+      EXPECT_EQ(logprobs.top(0).token_id(), logprobs.token_id());
+      EXPECT_EQ(logprobs.top(0).logprob(), logprobs.logprob());
+      EXPECT_GE(logprobs.top(0).logprob(), logprobs.top(1).logprob());
+      EXPECT_NE(logprobs.top(1).token_id(), logprobs.token_id());
+      EXPECT_LE(logprobs.top(1).logprob(), 0.0);
     }
   }
   EXPECT_EQ(ids_by_section[v1::SECTION_THINKING], finish.usage().thinking_tokens());

@@ -312,11 +312,22 @@ TEST_F(OpenAiRoutesTest, Logprobs) {
   reply = Post("/v1/chat/completions", body);
   ASSERT_EQ(reply.status, 200) << reply.body;
   response = Json::parse(reply.body);
-  for (const Json& token : response["choices"][0]["logprobs"]["content"]) {
-    // At most 3 (the replica's engine does not compute alternatives yet).
-    EXPECT_LE(token["top_logprobs"].size(), 3u);
-    if (!token["top_logprobs"].empty()) {
-      EXPECT_EQ(token["top_logprobs"][0]["token"], token["token"]);  // greedy
+  const Json& with_top = response["choices"][0]["logprobs"]["content"];
+  EXPECT_EQ(with_top.size(), response["usage"]["completion_tokens"].get<size_t>());
+  for (const Json& token : with_top) {
+    const Json& top = token["top_logprobs"];
+    ASSERT_EQ(top.size(), 3u) << token.dump();
+    // Greedy: the most likely alternative is the chosen token, with its logprob.
+    EXPECT_EQ(top[0]["token"], token["token"]);
+    EXPECT_EQ(top[0]["bytes"], token["bytes"]);
+    EXPECT_DOUBLE_EQ(top[0]["logprob"].get<double>(), token["logprob"].get<double>());
+    for (size_t rank = 0; rank < top.size(); ++rank) {
+      ASSERT_TRUE(top[rank]["token"].is_string());
+      ASSERT_TRUE(top[rank]["bytes"].is_array());
+      EXPECT_LE(top[rank]["logprob"].get<double>(), 0.0);
+      if (rank > 0) {
+        EXPECT_GE(top[rank - 1]["logprob"].get<double>(), top[rank]["logprob"].get<double>());
+      }
     }
   }
 
@@ -328,6 +339,18 @@ TEST_F(OpenAiRoutesTest, Logprobs) {
   EXPECT_EQ(logprobs["tokens"].size(), response["usage"]["completion_tokens"].get<size_t>());
   EXPECT_EQ(logprobs["token_logprobs"].size(), logprobs["tokens"].size());
   EXPECT_EQ(logprobs["text_offset"][0], 0);
+  // One {token text: logprob} object per token with the 2 alternatives; greedy chose the most
+  // likely, so the largest value is the token's own logprob.
+  ASSERT_EQ(logprobs["top_logprobs"].size(), logprobs["tokens"].size());
+  for (size_t index = 0; index < logprobs["tokens"].size(); ++index) {
+    const Json& top = logprobs["top_logprobs"][index];
+    ASSERT_TRUE(top.is_object());
+    ASSERT_EQ(top.size(), 2u) << top.dump();
+    const double own = logprobs["token_logprobs"][index].get<double>();
+    ASSERT_TRUE(top.contains(logprobs["tokens"][index].get<std::string>())) << top.dump();
+    EXPECT_DOUBLE_EQ(top[logprobs["tokens"][index].get<std::string>()].get<double>(), own);
+    for (const auto& [text, value] : top.items()) EXPECT_LE(value.get<double>(), own) << text;
+  }
 }
 
 TEST_F(OpenAiRoutesTest, ErrorsNameTheField) {

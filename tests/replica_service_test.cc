@@ -90,6 +90,8 @@ struct StreamResult {
   std::vector<v1::GenerateResponse> messages;
   std::vector<int32_t> tokens;  // as the router would assemble them (a rewind replaces the tail)
   std::vector<float> logprobs;
+  std::vector<std::vector<int32_t>> top_ids;  // the alternatives of each token, best first
+  std::vector<std::vector<float>> top_logprobs;
 };
 
 void Assemble(const v1::GenerateResponse& message, StreamResult& result) {
@@ -99,6 +101,14 @@ void Assemble(const v1::GenerateResponse& message, StreamResult& result) {
   result.tokens.insert(result.tokens.end(), message.token_ids().begin(), message.token_ids().end());
   result.logprobs.insert(result.logprobs.end(), message.logprobs().begin(),
                          message.logprobs().end());
+  EXPECT_EQ(message.top_logprobs_size(), message.token_ids_size());
+  result.top_ids.resize(message.first_index());
+  result.top_logprobs.resize(message.first_index());
+  for (const v1::TopLogprobs& top : message.top_logprobs()) {
+    EXPECT_EQ(top.token_ids_size(), top.logprobs_size());
+    result.top_ids.emplace_back(top.token_ids().begin(), top.token_ids().end());
+    result.top_logprobs.emplace_back(top.logprobs().begin(), top.logprobs().end());
+  }
 }
 
 // Runs one stream to its end. `on_message` may act on the stream after each message.
@@ -166,6 +176,17 @@ TEST_F(ReplicaServiceTest, ConcurrentStreamsGiveTheTokensOfAloneRuns) {
     EXPECT_EQ(together[index].tokens.size(), static_cast<size_t>(6 + index % 7));
     EXPECT_EQ(together[index].tokens, alone[index].tokens) << "stream " << index;
     EXPECT_EQ(together[index].logprobs, alone[index].logprobs) << "stream " << index;
+    EXPECT_EQ(together[index].top_ids, alone[index].top_ids) << "stream " << index;
+    EXPECT_EQ(together[index].top_logprobs, alone[index].top_logprobs) << "stream " << index;
+    // logprobs = 1: one alternative per token; greedy streams (even) chose it.
+    ASSERT_EQ(together[index].top_ids.size(), together[index].tokens.size());
+    for (size_t token = 0; token < together[index].tokens.size(); ++token) {
+      ASSERT_EQ(together[index].top_ids[token].size(), 1u) << "stream " << index;
+      if (index % 2 == 0) {
+        EXPECT_EQ(together[index].top_ids[token][0], together[index].tokens[token]);
+        EXPECT_EQ(together[index].top_logprobs[token][0], together[index].logprobs[token]);
+      }
+    }
     const v1::GenerateResponse& last = together[index].messages.back();
     ASSERT_TRUE(last.has_finish());
     EXPECT_EQ(last.finish().reason(), v1::FINISH_REASON_LENGTH);
@@ -255,6 +276,11 @@ TEST_F(ReplicaServiceTest, ForceTokensRewindsTheStream) {
   EXPECT_EQ(result.tokens[2], 4000);
   EXPECT_EQ(result.tokens[3], 4001);
   EXPECT_EQ(result.logprobs[2], 0.0f);
+  // Forced tokens carry no alternatives; sampled ones do.
+  EXPECT_TRUE(result.top_ids[2].empty());
+  EXPECT_TRUE(result.top_ids[3].empty());
+  EXPECT_EQ(result.top_ids[0].size(), 1u);
+  EXPECT_EQ(result.top_ids[11].size(), 1u);
 }
 
 TEST_F(ReplicaServiceTest, BadStreamsGetClearStatuses) {

@@ -3,12 +3,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <numeric>
 #include <random>
 #include <set>
+#include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -18,6 +21,7 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::FloatNear;
 using ::testing::Pointwise;
+using ::testing::SizeIs;
 
 // Logits whose softmax is exactly `probabilities` (up to rounding).
 std::vector<float> LogitsOf(const std::vector<double>& probabilities) {
@@ -311,6 +315,148 @@ TEST(SamplerTest, FullVocabularyMatchesTheFullSortReference) {
           << "temperature " << test_case.temperature << " top_p " << test_case.top_p << " top_k "
           << test_case.top_k << " min_p " << test_case.min_p << " position " << position;
     }
+  }
+}
+
+// An independent reference for the processed distribution: presence and frequency penalties over
+// `generated`, temperature (1 for greedy), then top-k, computed in double with a full sort.
+// Returns every token's natural-log probability (-inf outside the kept set).
+std::vector<double> ReferenceLogProbabilities(const std::vector<float>& logits,
+                                              const SamplingParams& params,
+                                              const std::vector<int32_t>& generated) {
+  std::vector<double> processed(logits.begin(), logits.end());
+  for (int32_t id : generated) {
+    processed[static_cast<size_t>(id)] -= params.frequency_penalty;
+  }
+  for (int32_t id : std::set<int32_t>(generated.begin(), generated.end())) {
+    processed[static_cast<size_t>(id)] -= params.presence_penalty;
+  }
+  const double temperature = params.temperature == 0.0 ? 1.0 : params.temperature;
+  for (double& logit : processed) logit /= temperature;
+  std::vector<size_t> order(processed.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::sort(order.begin(), order.end(), [&](size_t left, size_t right) {
+    if (processed[left] != processed[right]) return processed[left] > processed[right];
+    return left < right;
+  });
+  const size_t kept = params.temperature > 0.0 && params.top_k > 0
+                          ? std::min(order.size(), static_cast<size_t>(params.top_k))
+                          : order.size();
+  const double max_logit = processed[order[0]];
+  double sum = 0.0;
+  for (size_t rank = 0; rank < kept; ++rank) sum += std::exp(processed[order[rank]] - max_logit);
+  const double log_normalizer = max_logit + std::log(sum);
+  std::vector<double> log_probabilities(processed.size(), -std::numeric_limits<double>::infinity());
+  for (size_t rank = 0; rank < kept; ++rank) {
+    log_probabilities[order[rank]] = processed[order[rank]] - log_normalizer;
+  }
+  return log_probabilities;
+}
+
+// The `count` most likely tokens of a reference distribution, best first, ties by lower id.
+std::vector<TokenAlternative> ReferenceTop(const std::vector<double>& log_probabilities,
+                                           size_t count) {
+  std::vector<int32_t> ids(log_probabilities.size());
+  std::iota(ids.begin(), ids.end(), 0);
+  std::sort(ids.begin(), ids.end(), [&](int32_t left, int32_t right) {
+    const double left_value = log_probabilities[static_cast<size_t>(left)];
+    const double right_value = log_probabilities[static_cast<size_t>(right)];
+    if (left_value != right_value) return left_value > right_value;
+    return left < right;
+  });
+  std::vector<TokenAlternative> top;
+  for (int32_t id : ids) {
+    const double value = log_probabilities[static_cast<size_t>(id)];
+    if (top.size() == count || std::isinf(value)) break;
+    top.push_back(TokenAlternative{.token_id = id, .logprob = static_cast<float>(value)});
+  }
+  return top;
+}
+
+TEST(SamplerTest, AlternativesAreTheMostLikelyTokensOfTheProcessedDistribution) {
+  std::mt19937 random(7);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::vector<float> logits(2000);
+  for (float& logit : logits) logit = normal(random);
+  const std::vector<int32_t> generated = {3, 17, 17, 1999};
+
+  struct Case {
+    double temperature;
+    int64_t top_k;
+    int32_t logprobs;
+    size_t expected_size;
+  };
+  for (const Case& test_case : {Case{0.7, 0, 5, 5}, Case{1.3, 0, 20, 20}, Case{1.0, 4, 6, 4},
+                                Case{0.0, 0, 8, 8}, Case{2.0, 50, 1, 1}}) {
+    SamplingParams params;
+    params.temperature = test_case.temperature;
+    params.top_k = test_case.top_k;
+    params.logprobs = test_case.logprobs;
+    params.presence_penalty = 0.5;
+    params.frequency_penalty = 0.25;
+    params.seed = 11;
+    const std::vector<double> reference = ReferenceLogProbabilities(logits, params, generated);
+    double total = 0.0;
+    for (double value : reference) total += std::exp(value);
+    EXPECT_NEAR(total, 1.0, 1e-9);
+    const std::vector<TokenAlternative> expected =
+        ReferenceTop(reference, static_cast<size_t>(test_case.logprobs));
+    ASSERT_EQ(expected.size(), test_case.expected_size);
+
+    const std::vector<int32_t> prompt = {1, 2, 3};
+    bool chosen_seen = false;
+    for (int64_t position = 0; position < 40; ++position) {
+      std::vector<float> scratch = logits;
+      const SampledToken token = SampleToken(scratch, params, prompt, generated, position);
+      const std::string label = absl::StrCat("temperature ", test_case.temperature, " top_k ",
+                                             test_case.top_k, " position ", position);
+      ASSERT_EQ(token.top_logprobs.size(), expected.size()) << label;
+      for (size_t rank = 0; rank < expected.size(); ++rank) {
+        EXPECT_EQ(token.top_logprobs[rank].token_id, expected[rank].token_id)
+            << label << " rank " << rank;
+        EXPECT_NEAR(token.top_logprobs[rank].logprob, expected[rank].logprob, 1e-4)
+            << label << " rank " << rank;
+        if (rank > 0) {
+          EXPECT_GE(token.top_logprobs[rank - 1].logprob, token.top_logprobs[rank].logprob)
+              << label;
+        }
+        if (token.top_logprobs[rank].token_id == token.token_id) {
+          chosen_seen = true;
+          EXPECT_EQ(token.top_logprobs[rank].logprob, token.logprob) << label;
+        }
+      }
+      EXPECT_NEAR(token.logprob, reference[static_cast<size_t>(token.token_id)], 1e-4) << label;
+    }
+    // With a single alternative and a hot, wide distribution the top token may never be drawn.
+    if (test_case.logprobs > 1) {
+      EXPECT_TRUE(chosen_seen) << "temperature " << test_case.temperature;
+    }
+  }
+}
+
+TEST(SamplerTest, GreedyAlternativesStartWithTheChosenTokenAndBreakTiesByLowerId) {
+  std::vector<float> logits = {1.0f, 3.0f, 3.0f, 2.0f, -std::numeric_limits<float>::infinity()};
+  SamplingParams params;
+  params.logprobs = 20;  // more than the tokens that are possible
+  const SampledToken token = SampleToken(logits, params, {}, {}, 0);
+  EXPECT_EQ(token.token_id, 1);
+  const double log_normalizer = std::log(std::exp(1.0) + 2 * std::exp(3.0) + std::exp(2.0));
+  ASSERT_THAT(token.top_logprobs, SizeIs(4));  // the -inf token has probability 0
+  EXPECT_EQ(token.top_logprobs[0].token_id, token.token_id);
+  EXPECT_EQ(token.top_logprobs[0].logprob, token.logprob);
+  const std::vector<int32_t> expected_ids = {1, 2, 3, 0};
+  const std::vector<double> expected_logits = {3.0, 3.0, 2.0, 1.0};
+  for (size_t rank = 0; rank < expected_ids.size(); ++rank) {
+    EXPECT_EQ(token.top_logprobs[rank].token_id, expected_ids[rank]);
+    EXPECT_NEAR(token.top_logprobs[rank].logprob, expected_logits[rank] - log_normalizer, 1e-6);
+  }
+}
+
+TEST(SamplerTest, NoAlternativesWithoutLogprobs) {
+  for (double temperature : {0.0, 1.0}) {
+    SamplingParams params;
+    params.temperature = temperature;
+    EXPECT_TRUE(Sample({0.5f, -1.0f, 4.0f, 3.9f}, params, 3).top_logprobs.empty());
   }
 }
 

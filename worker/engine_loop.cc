@@ -360,6 +360,7 @@ void EngineLoop::Apply(ForceCommand& command) {
   request.generated_token_ids.resize(command.at_index);
   for (const int32_t id : command.token_ids) {
     request.generated_token_ids.push_back(id);
+    // Forced, not sampled: logprob 0 and no alternatives (the sink's convention).
     request.sink->OnToken(GeneratedToken{
         .index = std::ssize(request.generated_token_ids) - 1, .token_id = id, .logprob = 0.0f});
   }
@@ -443,14 +444,15 @@ bool EngineLoop::Step() {
     FailAll(absl::InternalError(absl::StrCat("engine step result refused: ", applied.message())));
     return ran;
   }
-  for (const SampledToken& token : step_result_.tokens) {
+  for (SampledToken& token : step_result_.tokens) {
     auto found = active_.find(token.sequence_id);
     if (found == active_.end()) continue;
     ActiveRequest& request = found->second;
     request.generated_token_ids.push_back(token.token_id);
     request.sink->OnToken(GeneratedToken{.index = std::ssize(request.generated_token_ids) - 1,
                                          .token_id = token.token_id,
-                                         .logprob = token.logprob});
+                                         .logprob = token.logprob,
+                                         .top_logprobs = std::move(token.top_logprobs)});
   }
   for (const RetiredSequence& retired : finished_) {
     Finish(retired.sequence_id, retired.status, retired.reason);

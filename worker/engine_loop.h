@@ -127,8 +127,8 @@ class EngineLoop {
   void Cancel(int64_t handle);
   // Makes the request continue from `token_ids` placed at generated index `at_index` (the
   // router's thinking budget, replica.proto ForceTokens): tokens generated from at_index on are
-  // dropped, the forced ones are delivered to the sink (logprob 0) as if sampled, and sampling
-  // resumes after them at their absolute positions. Implemented as cancel + re-add of
+  // dropped, the forced ones are delivered to the sink (logprob 0, no alternatives) as if sampled,
+  // and sampling resumes after them at their absolute positions. Implemented as cancel + re-add of
   // prompt + kept + forced tokens, so the prefix cache makes the re-prefill cheap. The sink
   // gets INVALID_ARGUMENT when at_index exceeds the tokens generated or token_ids is empty or
   // outside the vocabulary; a request that reaches max_tokens with the forced tokens finishes

@@ -5,8 +5,10 @@
 
 #include <cstdint>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "scheduler/step_plan.h"
 
 namespace reflect {
 
@@ -15,6 +17,10 @@ struct GeneratedToken {
   int64_t index = 0;  // among the request's generated tokens (failover prefix included)
   int32_t token_id = 0;
   float logprob = 0.0f;  // natural log, under the processed distribution (see SampledToken)
+  // The SamplingParams.logprobs most likely tokens under that same distribution, most likely
+  // first (see SampledToken); empty when logprobs = 0. A forced token (EngineLoop::Force) was
+  // not sampled: logprob 0 and no alternatives.
+  std::vector<TokenAlternative> top_logprobs = {};
 };
 
 // Why a request stopped normally (the replica's reasons; stop strings are the router's).

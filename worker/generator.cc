@@ -236,12 +236,15 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(
                                   static_cast<size_t>(vocab_size));
       ++row;
       const std::span<const int32_t> all_tokens(sequence.tokens);
-      const SampledToken sampled = SampleToken(
+      SampledToken sampled = SampleToken(
           row_logits, request.params, all_tokens.first(sequence.prompt_length),
           all_tokens.subspan(sequence.prompt_length), static_cast<int64_t>(sequence.tokens.size()));
       sequence.tokens.push_back(sampled.token_id);
       result.generated_ids.push_back(sampled.token_id);
       result.logprobs.push_back(sampled.logprob);
+      if (request.params.logprobs > 0) {
+        result.top_logprobs.push_back(std::move(sampled.top_logprobs));
+      }
       if (result.generated_ids.size() == 1) {
         result.time_to_first_token_seconds = seconds_since_start();
       }

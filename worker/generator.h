@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "common/sampling_params.h"
 #include "kvcache/block_allocator.h"
+#include "scheduler/step_plan.h"
 #include "worker/backend.h"
 
 namespace reflect {
@@ -57,6 +58,8 @@ std::string_view FinishReasonName(FinishReason reason);
 struct GenerationResult {
   std::vector<int32_t> generated_ids;  // includes the eos / stop token that ended it
   std::vector<float> logprobs;         // one per generated id (see SampledToken)
+  // One per generated id when params.logprobs > 0 (SampledToken::top_logprobs), else empty.
+  std::vector<std::vector<TokenAlternative>> top_logprobs;
   FinishReason finish_reason = FinishReason::kLength;
   double time_to_first_token_seconds = 0.0;  // from the start of Generate
   double total_seconds = 0.0;                // from the start of Generate to the last token

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
+#include <ranges>
 #include <vector>
 
 #include "common/splitmix64.h"
@@ -68,6 +69,26 @@ int32_t ArgMax(std::span<const float> logits) {
     if (logits[id] > logits[best]) best = id;
   }
   return static_cast<int32_t>(best);
+}
+
+// The ids of the `count` largest logits (at most all of them), ranked by (logit descending, id
+// ascending) with NaN as -inf: the same order as RankedVocabulary. A partial selection over the
+// ids, O(vocabulary * log count), with no sort of the vocabulary.
+std::vector<int32_t> TopIds(std::span<const float> logits, size_t count) {
+  std::vector<int32_t> ids(std::min(count, logits.size()));
+  if (ids.empty()) return ids;
+  auto key = [&](int32_t id) {
+    const float logit = logits[static_cast<size_t>(id)];
+    return std::isnan(logit) ? -std::numeric_limits<float>::infinity() : logit;
+  };
+  std::ranges::partial_sort_copy(std::views::iota(int32_t{0}, static_cast<int32_t>(logits.size())),
+                                 ids, [&](int32_t left, int32_t right) {
+                                   const float left_key = key(left);
+                                   const float right_key = key(right);
+                                   if (left_key != right_key) return left_key > right_key;
+                                   return left < right;
+                                 });
+  return ids;
 }
 
 // The vocabulary ranked by (logit descending, id ascending), produced lazily in bands of logit
@@ -144,8 +165,20 @@ SampledToken SampleToken(std::span<float> logits, const SamplingParams& params,
     const float max_logit = logits[static_cast<size_t>(best)];
     double normalizer = 0.0;
     for (float logit : logits) normalizer += std::exp(logit - max_logit);
+    const double log_normalizer = std::log(normalizer);
     result.token_id = best;
-    result.logprob = static_cast<float>(-std::log(normalizer));
+    result.logprob = static_cast<float>(-log_normalizer);
+    if (params.logprobs > 0) {
+      // The same formula as the chosen token's, whose logit - max_logit is 0, so its entry (the
+      // first) equals result.logprob exactly.
+      for (const int32_t id : TopIds(logits, static_cast<size_t>(params.logprobs))) {
+        const double logprob =
+            static_cast<double>(logits[static_cast<size_t>(id)] - max_logit) - log_normalizer;
+        if (!std::isfinite(logprob)) continue;  // -inf or NaN logits: not a possible token
+        result.top_logprobs.push_back(
+            TokenAlternative{.token_id = id, .logprob = static_cast<float>(logprob)});
+      }
+    }
     return result;
   }
 
@@ -206,6 +239,17 @@ SampledToken SampleToken(std::span<float> logits, const SamplingParams& params,
   const int32_t token = ranked.At(chosen);
   result.token_id = token;
   result.logprob = static_cast<float>(std::log(weight(token) / kept_mass));
+  if (params.logprobs > 0) {
+    // The kept tokens are the first `kept` ranks, and TopIds ranks the same way, so its first
+    // min(N, kept) ids are the N most likely kept tokens. Same formula as the chosen token's.
+    const size_t count = std::min(static_cast<size_t>(params.logprobs), kept);
+    for (const int32_t id : TopIds(logits, count)) {
+      const double token_weight = weight(id);
+      if (token_weight <= 0.0) break;  // probability 0: the draw never picks it (nor later ranks)
+      result.top_logprobs.push_back(TokenAlternative{
+          .token_id = id, .logprob = static_cast<float>(std::log(token_weight / kept_mass))});
+    }
+  }
   return result;
 }
 

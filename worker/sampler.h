@@ -22,7 +22,13 @@ void ApplyPenalties(std::span<float> logits, const SamplingParams& params,
                     std::span<const int32_t> prompt_ids, std::span<const int32_t> generated_ids);
 
 // `logits` is modified in place (it is scratch). `prompt_ids` and `generated_ids` feed the
-// penalties; `position` is the position the sampled token will take.
+// penalties; `position` is the position the sampled token will take. The result's `logprob` and,
+// when params.logprobs = N > 0, its `top_logprobs` (the N most likely tokens, most likely first,
+// equal logits by lower id) are natural logs under the processed distribution: the one the draw
+// used (after penalties, temperature, top-k, top-p and min-p, renormalized over the kept tokens),
+// or for greedy the log-softmax of the penalized logits at temperature 1. Tokens of probability 0
+// under it (outside the kept set) are never alternatives, so there may be fewer than N. The
+// alternatives cost one partial selection over the vocabulary, and nothing when N = 0.
 SampledToken SampleToken(std::span<float> logits, const SamplingParams& params,
                          std::span<const int32_t> prompt_ids,
                          std::span<const int32_t> generated_ids, int64_t position);

@@ -64,7 +64,15 @@ void AppendToken(const GeneratedToken& token, bool with_logprobs,
                  internal::v1::GenerateResponse& response) {
   if (response.token_ids_size() == 0) response.set_first_index(static_cast<int32_t>(token.index));
   response.add_token_ids(token.token_id);
-  if (with_logprobs) response.add_logprobs(token.logprob);
+  if (!with_logprobs) return;
+  response.add_logprobs(token.logprob);
+  internal::v1::TopLogprobs& top = *response.add_top_logprobs();
+  top.mutable_token_ids()->Reserve(static_cast<int>(token.top_logprobs.size()));
+  top.mutable_logprobs()->Reserve(static_cast<int>(token.top_logprobs.size()));
+  for (const TokenAlternative& alternative : token.top_logprobs) {
+    top.add_token_ids(alternative.token_id);
+    top.add_logprobs(alternative.logprob);
+  }
 }
 
 void SetFinish(const GenerationSummary& summary, internal::v1::GenerateResponse& response) {

@@ -24,7 +24,8 @@ absl::StatusOr<EngineRequest> EngineRequestFromProto(const internal::v1::StartGe
 
 internal::v1::FinishReason FinishReasonToProto(StopReason reason);
 
-// Appends one generated token to `response` (token id, and its logprob when asked for).
+// Appends one generated token to `response`: its id and, when asked for, its logprob and one
+// TopLogprobs entry with its alternatives (empty for a forced token).
 void AppendToken(const GeneratedToken& token, bool with_logprobs,
                  internal::v1::GenerateResponse& response);
 
