@@ -167,7 +167,8 @@ TEST(PrometheusScrapeTest, PrometheusScrapesTheRouterAndAReplica) {
     ASSERT_EQ(reply.status, 200) << reply.body;
   }
 
-  EXPECT_EQ(Scalar(**prometheus, "count(up{job=\"reflect\"} == 1)"), 2.0)
+  // Both targets up, once each has had its first scrape.
+  EXPECT_TRUE(Eventually(**prometheus, "count(up{job=\"reflect\"} == 1) == 2"))
       << (*prometheus)->Targets()->dump();
   EXPECT_TRUE(Eventually(
       **prometheus, "sum(reflect_time_to_first_token_seconds_count{model_name=\"tiny\"}) >= 4"));
