@@ -23,7 +23,7 @@ struct PlannedRequest {
   bool ignore_eos = true;
   double temperature = 0.0;
   uint64_t seed = 0;
-  int32_t priority = 0;  // higher first (gRPC only; HTTP has no priority)
+  int32_t priority = 0;  // higher first (gRPC field; the HTTP "priority" extension)
 };
 
 // How a request ended, from the client's side.
