@@ -4,7 +4,7 @@ JOBS ?= $(shell nproc)
 DEMO_MODEL ?= models/tiny
 REFLECT := $(BUILD_DIR)/tools/reflect/reflect
 
-.PHONY: deps build run test bench bench-llamacpp bench-router format clean demo-model
+.PHONY: deps build run test bench bench-llamacpp bench-router loadtest format clean demo-model
 
 deps:
 	@tools/install-deps.sh
@@ -45,3 +45,13 @@ bench-llamacpp: build
 # Router overhead, router CPU per token, open streams, prefix-cache TTFT (BENCHMARKS.md).
 bench-router: demo-model
 	python3 tools/bench/router_bench.py --build-dir $(BUILD_DIR) --model $(DEMO_MODEL)
+
+# A load test against a running cluster (`make run` in another shell), e.g.
+#   make loadtest SCENARIO=loadtest/scenarios/steady.json RATE_SCALE=0.5
+SCENARIO ?= loadtest/scenarios/steady.json
+RATE_SCALE ?= 1
+LOADTEST_OUT ?= $(BUILD_DIR)/loadtest-report
+loadtest: build
+	$(BUILD_DIR)/loadtest/reflect-loadtest --scenario $(SCENARIO) --rate_scale $(RATE_SCALE) \
+	  --grpc_target localhost:50051 --http_target localhost:8000 \
+	  --json_out $(LOADTEST_OUT).json --html_out $(LOADTEST_OUT).html

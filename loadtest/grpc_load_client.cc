@@ -156,7 +156,9 @@ GrpcLoadClient::~GrpcLoadClient() {
   {
     const std::lock_guard lock(mutex_);
     closing_ = true;
-    for (const auto& [id, call] : in_flight_) to_cancel.push_back(call);
+    for (const auto& [id, call] : in_flight_) {
+      if (call != nullptr) to_cancel.push_back(call);  // null: finishing in OnCallDone
+    }
   }
   // Outside the lock: a cancellation may run the call's OnDone on this thread.
   for (const std::shared_ptr<ChatCall>& call : to_cancel) call->Cancel();
@@ -197,12 +199,14 @@ void GrpcLoadClient::OnCallDone(int64_t call_id) {
   std::shared_ptr<ChatCall> finished;
   {
     const std::lock_guard lock(mutex_);
-    const auto found = in_flight_.find(call_id);
-    finished = std::move(found->second);
-    in_flight_.erase(found);
-    if (in_flight_.empty()) all_done_.notify_all();
+    finished = std::move(in_flight_.at(call_id));  // the entry stays, empty, until the call is gone
   }
-  // `finished` (possibly the last owner) is released here, outside the lock.
+  // Destroy the call (its ClientContext) before Drain or the destructor can see it done: gRPC
+  // objects must not outlive the client, nor be freed while the process exits.
+  finished.reset();
+  const std::lock_guard lock(mutex_);
+  in_flight_.erase(call_id);
+  if (in_flight_.empty()) all_done_.notify_all();
 }
 
 }  // namespace reflect::loadtest
