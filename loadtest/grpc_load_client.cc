@@ -54,7 +54,7 @@ std::optional<absl::Duration> RetryAfterFromTrailers(
 
 // One Chat stream. Reactions run one at a time (gRPC guarantees reads complete in order and
 // OnDone comes last), so the measurement state needs no lock. Owned by the client's in_flight_
-// map; OnDone hands itself back through OnCallDone, its last act.
+// calls; OnDone hands itself back through InFlightCalls::Finish, its last act.
 class GrpcLoadClient::ChatCall final : public grpc::ClientReadReactor<v1::GenerationChunk> {
  public:
   ChatCall(GrpcLoadClient& owner, int64_t call_id, const PlannedRequest& planned,
@@ -115,7 +115,7 @@ class GrpcLoadClient::ChatCall final : public grpc::ClientReadReactor<v1::Genera
                        ": ", status.error_message());
     }
     done_(std::move(record_));
-    owner_.OnCallDone(call_id_);  // may destroy this
+    owner_.in_flight_.Finish(call_id_);  // may destroy this
   }
 
  private:
@@ -152,61 +152,23 @@ GrpcLoadClient::GrpcLoadClient(LoadClientOptions options) : options_(std::move(o
 }
 
 GrpcLoadClient::~GrpcLoadClient() {
-  std::vector<std::shared_ptr<ChatCall>> to_cancel;
-  {
-    const std::lock_guard lock(mutex_);
-    closing_ = true;
-    for (const auto& [id, call] : in_flight_) {
-      if (call != nullptr) to_cancel.push_back(call);  // null: finishing in OnCallDone
-    }
-  }
-  // Outside the lock: a cancellation may run the call's OnDone on this thread.
-  for (const std::shared_ptr<ChatCall>& call : to_cancel) call->Cancel();
-  to_cancel.clear();
-  std::unique_lock lock(mutex_);
-  all_done_.wait(lock, [this] { return in_flight_.empty(); });
+  for (const std::shared_ptr<ChatCall>& call : in_flight_.Close()) call->Cancel();
+  in_flight_.Drain();
 }
 
 void GrpcLoadClient::Send(const PlannedRequest& request, absl::Time run_start,
                           RecordCallback done) {
-  std::shared_ptr<ChatCall> call;
-  {
-    const std::lock_guard lock(mutex_);
-    if (!closing_) {
-      const int64_t call_id = next_call_id_++;
-      call = std::make_shared<ChatCall>(*this, call_id, request, run_start, std::move(done));
-      in_flight_.emplace(call_id, call);
-    }
-  }
+  std::shared_ptr<ChatCall> call = in_flight_.Add([&](int64_t call_id) {
+    return std::make_shared<ChatCall>(*this, call_id, request, run_start, std::move(done));
+  });
   if (call == nullptr) {
-    RequestRecord record;
-    record.index = request.index;
-    record.sent = absl::Now() - run_start;
-    record.error = "CANCELLED: the client is closing";
-    done(std::move(record));
+    done(ClosingClientRecord(request, run_start));
     return;
   }
   const uint64_t stub_index = next_stub_.fetch_add(1, std::memory_order_relaxed) % stubs_.size();
   call->Start(*stubs_[stub_index]);
 }
 
-void GrpcLoadClient::Drain() {
-  std::unique_lock lock(mutex_);
-  all_done_.wait(lock, [this] { return in_flight_.empty(); });
-}
-
-void GrpcLoadClient::OnCallDone(int64_t call_id) {
-  std::shared_ptr<ChatCall> finished;
-  {
-    const std::lock_guard lock(mutex_);
-    finished = std::move(in_flight_.at(call_id));  // the entry stays, empty, until the call is gone
-  }
-  // Destroy the call (its ClientContext) before Drain or the destructor can see it done: gRPC
-  // objects must not outlive the client, nor be freed while the process exits.
-  finished.reset();
-  const std::lock_guard lock(mutex_);
-  in_flight_.erase(call_id);
-  if (in_flight_.empty()) all_done_.notify_all();
-}
+void GrpcLoadClient::Drain() { in_flight_.Drain(); }
 
 }  // namespace reflect::loadtest

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "loadtest/in_flight_calls.h"
 #include "loadtest/load_client.h"
 #include "reflect/v1/inference.grpc.pb.h"
 
@@ -45,18 +46,11 @@ class GrpcLoadClient final : public LoadClient {
 
   explicit GrpcLoadClient(LoadClientOptions options);
 
-  // Called by a ChatCall once its `done` has returned.
-  void OnCallDone(int64_t call_id);
-
   const LoadClientOptions options_;
   std::vector<std::unique_ptr<v1::Inference::Stub>> stubs_;
   std::atomic<uint64_t> next_stub_{0};
 
-  std::mutex mutex_;
-  std::condition_variable all_done_;
-  bool closing_ = false;                                    // guarded by mutex_
-  int64_t next_call_id_ = 0;                                // guarded by mutex_
-  std::map<int64_t, std::shared_ptr<ChatCall>> in_flight_;  // guarded by mutex_
+  InFlightCalls<ChatCall> in_flight_;
 };
 
 }  // namespace reflect::loadtest

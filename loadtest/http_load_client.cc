@@ -188,7 +188,7 @@ class HttpLoadClient::Exchange final : public std::enable_shared_from_this<Excha
     record_.outcome = outcome;
     record_.error = std::move(error);
     done_(std::move(record_));
-    owner_.OnExchangeDone(exchange_id_);
+    owner_.in_flight_.Finish(exchange_id_);  // may destroy this
   }
 
   HttpLoadClient& owner_;
@@ -246,18 +246,8 @@ HttpLoadClient::HttpLoadClient(LoadClientOptions options, asio::ip::tcp::endpoin
 }
 
 HttpLoadClient::~HttpLoadClient() {
-  std::vector<std::shared_ptr<Exchange>> to_cancel;
-  {
-    const std::lock_guard lock(mutex_);
-    closing_ = true;
-    for (const auto& [id, exchange] : in_flight_) to_cancel.push_back(exchange);
-  }
-  for (const std::shared_ptr<Exchange>& exchange : to_cancel) exchange->Cancel();
-  to_cancel.clear();
-  {
-    std::unique_lock lock(mutex_);
-    all_done_.wait(lock, [this] { return in_flight_.empty(); });
-  }
+  for (const std::shared_ptr<Exchange>& exchange : in_flight_.Close()) exchange->Cancel();
+  in_flight_.Drain();
   // Every exchange has finished: the threads return once the aborted operations' handlers ran.
   work_.reset();
   for (std::thread& thread : threads_) thread.join();
@@ -265,41 +255,16 @@ HttpLoadClient::~HttpLoadClient() {
 
 void HttpLoadClient::Send(const PlannedRequest& request, absl::Time run_start,
                           RecordCallback done) {
-  std::shared_ptr<Exchange> exchange;
-  {
-    const std::lock_guard lock(mutex_);
-    if (!closing_) {
-      const int64_t exchange_id = next_exchange_id_++;
-      exchange =
-          std::make_shared<Exchange>(*this, exchange_id, request, run_start, std::move(done));
-      in_flight_.emplace(exchange_id, exchange);
-    }
-  }
+  std::shared_ptr<Exchange> exchange = in_flight_.Add([&](int64_t exchange_id) {
+    return std::make_shared<Exchange>(*this, exchange_id, request, run_start, std::move(done));
+  });
   if (exchange == nullptr) {
-    RequestRecord record;
-    record.index = request.index;
-    record.sent = absl::Now() - run_start;
-    record.error = "CANCELLED: the client is closing";
-    done(std::move(record));
+    done(ClosingClientRecord(request, run_start));
     return;
   }
   exchange->Start();
 }
 
-void HttpLoadClient::Drain() {
-  std::unique_lock lock(mutex_);
-  all_done_.wait(lock, [this] { return in_flight_.empty(); });
-}
-
-void HttpLoadClient::OnExchangeDone(int64_t exchange_id) {
-  std::shared_ptr<Exchange> finished;
-  {
-    const std::lock_guard lock(mutex_);
-    const auto found = in_flight_.find(exchange_id);
-    finished = std::move(found->second);
-    in_flight_.erase(found);
-    if (in_flight_.empty()) all_done_.notify_all();
-  }
-}
+void HttpLoadClient::Drain() { in_flight_.Drain(); }
 
 }  // namespace reflect::loadtest

@@ -16,6 +16,7 @@
 #include "boost/asio/executor_work_guard.hpp"
 #include "boost/asio/io_context.hpp"
 #include "boost/asio/ip/tcp.hpp"
+#include "loadtest/in_flight_calls.h"
 #include "loadtest/load_client.h"
 
 namespace reflect::loadtest {
@@ -52,20 +53,13 @@ class HttpLoadClient final : public LoadClient {
 
   HttpLoadClient(LoadClientOptions options, boost::asio::ip::tcp::endpoint endpoint);
 
-  // Called by an Exchange once its `done` has returned.
-  void OnExchangeDone(int64_t exchange_id);
-
   const LoadClientOptions options_;
   const boost::asio::ip::tcp::endpoint endpoint_;
   boost::asio::io_context io_context_;
   boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
   std::vector<std::thread> threads_;
 
-  std::mutex mutex_;
-  std::condition_variable all_done_;
-  bool closing_ = false;                                    // guarded by mutex_
-  int64_t next_exchange_id_ = 0;                            // guarded by mutex_
-  std::map<int64_t, std::shared_ptr<Exchange>> in_flight_;  // guarded by mutex_
+  InFlightCalls<Exchange> in_flight_;
 };
 
 }  // namespace reflect::loadtest

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 
+#include "absl/time/clock.h"
+#include "loadtest/in_flight_calls.h"
+
 namespace reflect::loadtest {
 
 void TokenClock::OnTokens(absl::Time now, int32_t count, bool output) {
@@ -34,6 +37,14 @@ void TokenClock::Fill(absl::Time end, RequestRecord& record) const {
   record.inter_token_latencies = gaps_;
   record.output_tokens = tokens_;
   record.end_to_end = end - sent_;
+}
+
+RequestRecord ClosingClientRecord(const PlannedRequest& request, absl::Time run_start) {
+  RequestRecord record;
+  record.index = request.index;
+  record.sent = absl::Now() - run_start;
+  record.error = "CANCELLED: the client is closing";
+  return record;
 }
 
 }  // namespace reflect::loadtest
