@@ -54,7 +54,10 @@ absl::Status AdmissionController::RefuseLocked(const char* what, int64_t backlog
   return status;
 }
 
-absl::Status AdmissionController::TryAdmit(int64_t prompt_tokens, absl::Time now) {
+absl::Status AdmissionController::TryAdmit(int64_t prompt_tokens, int64_t max_output_tokens,
+                                           absl::Time now) {
+  prompt_tokens = std::max<int64_t>(prompt_tokens, 0);
+  const int64_t tokens = prompt_tokens + std::max<int64_t>(max_output_tokens, 0);
   const std::lock_guard lock(mutex_);
   const int64_t in_flight = queued_requests_ + running_requests_;
   if (in_flight >= limits_.max_in_flight_requests) {
@@ -63,28 +66,35 @@ absl::Status AdmissionController::TryAdmit(int64_t prompt_tokens, absl::Time now
   if (queued_requests_ >= limits_.max_queued_requests) {
     return RefuseLocked("queue full", queued_requests_, first_tokens_, now);
   }
-  if (queued_requests_ > 0 &&
-      queued_prompt_tokens_ + prompt_tokens > limits_.max_queued_prompt_tokens) {
-    return RefuseLocked("queued prompt tokens at their limit", queued_requests_, first_tokens_,
-                        now);
+  if (queued_requests_ > 0 && queued_tokens_ + tokens > limits_.max_queued_tokens) {
+    return RefuseLocked("queued tokens (prompt + max_tokens) at their limit", queued_requests_,
+                        first_tokens_, now);
   }
   ++queued_requests_;
   queued_prompt_tokens_ += prompt_tokens;
+  queued_tokens_ += tokens;
   return absl::OkStatus();
 }
 
-void AdmissionController::FirstToken(int64_t prompt_tokens, absl::Time now) {
-  const std::lock_guard lock(mutex_);
+void AdmissionController::LeaveQueueLocked(int64_t prompt_tokens, int64_t max_output_tokens) {
+  prompt_tokens = std::max<int64_t>(prompt_tokens, 0);
   --queued_requests_;
   queued_prompt_tokens_ -= prompt_tokens;
+  queued_tokens_ -= prompt_tokens + std::max<int64_t>(max_output_tokens, 0);
+}
+
+void AdmissionController::FirstToken(int64_t prompt_tokens, int64_t max_output_tokens,
+                                     absl::Time now) {
+  const std::lock_guard lock(mutex_);
+  LeaveQueueLocked(prompt_tokens, max_output_tokens);
   ++running_requests_;
   first_tokens_.Record(now);
 }
 
-void AdmissionController::EndQueued(int64_t prompt_tokens, absl::Time now) {
+void AdmissionController::EndQueued(int64_t prompt_tokens, int64_t max_output_tokens,
+                                    absl::Time now) {
   const std::lock_guard lock(mutex_);
-  --queued_requests_;
-  queued_prompt_tokens_ -= prompt_tokens;
+  LeaveQueueLocked(prompt_tokens, max_output_tokens);
   // Leaving the queue without a token frees a place all the same: it counts as an end (the
   // in-flight hint) but not as a first token (the queue's drain rate), since a burst of cancels
   // says nothing about how fast replicas take work.
@@ -100,6 +110,11 @@ void AdmissionController::EndRunning(absl::Time now) {
 absl::Duration AdmissionController::RetryHint(absl::Time now) const {
   const std::lock_guard lock(mutex_);
   return HintLocked(queued_requests_, first_tokens_, now);
+}
+
+int64_t AdmissionController::QueuedTokens() const {
+  const std::lock_guard lock(mutex_);
+  return queued_tokens_;
 }
 
 RouterLoad AdmissionController::Load() const {

@@ -1,5 +1,6 @@
-// Admission control of the router (DESIGN §4, §8): a bounded queue, by requests and by prompt
-// tokens, of requests admitted but without a first token yet, plus a cap on requests in flight.
+// Admission control of the router (DESIGN §4, §8): a bounded queue, by requests and by tokens
+// (prompt + max_tokens, the most work each may bring), of requests admitted but without a first
+// token yet, plus a cap on requests in flight.
 // Beyond a bound a request is refused at once with RESOURCE_EXHAUSTED and a retry hint, so a
 // traffic spike turns into fast 429s instead of a growing backlog of minute-long waits.
 //
@@ -32,23 +33,29 @@ class AdmissionController {
  public:
   explicit AdmissionController(AdmissionLimits limits);
 
-  // Admits a request of `prompt_tokens` (counted as queued) or refuses it with
-  // RESOURCE_EXHAUSTED carrying RetryAfter (router/http_errors.h). A request bigger than the
-  // whole token bound is admitted only into an empty queue, so it waits its turn instead of being
-  // refused forever.
-  absl::Status TryAdmit(int64_t prompt_tokens, absl::Time now);
+  // Admits a request of `prompt_tokens` that may generate up to `max_output_tokens` (its
+  // resolved max_tokens), counted as queued with prompt_tokens + max_output_tokens tokens, or
+  // refuses it with RESOURCE_EXHAUSTED carrying RetryAfter (router/http_errors.h). A request bigger
+  // than the whole token bound is admitted only into an empty queue, so it waits its turn instead
+  // of being refused forever. Negative counts are taken as 0.
+  absl::Status TryAdmit(int64_t prompt_tokens, int64_t max_output_tokens, absl::Time now);
 
-  // The admitted request got its first token: queued → running.
-  void FirstToken(int64_t prompt_tokens, absl::Time now);
-  // The admitted request ended before its first token.
-  void EndQueued(int64_t prompt_tokens, absl::Time now);
+  // The admitted request got its first token: queued → running. The counts are those of TryAdmit.
+  void FirstToken(int64_t prompt_tokens, int64_t max_output_tokens, absl::Time now);
+  // The admitted request ended before its first token. The counts are those of TryAdmit.
+  void EndQueued(int64_t prompt_tokens, int64_t max_output_tokens, absl::Time now);
   // The admitted request ended after its first token.
   void EndRunning(absl::Time now);
 
   // The hint a refusal right now would carry (for a replica-side refusal without its own hint).
   absl::Duration RetryHint(absl::Time now) const;
 
+  // Queued requests and their prompt tokens (RouterLoad.queued_prompt_tokens), running requests.
   RouterLoad Load() const;
+  // Tokens of the queued requests as the bound counts them: prompt + max_tokens of each.
+  int64_t QueuedTokens() const;
+
+  const AdmissionLimits& limits() const { return limits_; }
 
  private:
   // Recent departure times, for a rate over the last kRateWindowEvents within kRateWindow.
@@ -65,6 +72,7 @@ class AdmissionController {
     int64_t recorded_ = 0;
   };
 
+  void LeaveQueueLocked(int64_t prompt_tokens, int64_t max_output_tokens);
   absl::Duration HintLocked(int64_t backlog, const DepartureRate& rate, absl::Time now) const;
   absl::Status RefuseLocked(const char* what, int64_t backlog, const DepartureRate& rate,
                             absl::Time now) const;
@@ -73,6 +81,7 @@ class AdmissionController {
   mutable std::mutex mutex_;
   int64_t queued_requests_ = 0;       // guarded by mutex_
   int64_t queued_prompt_tokens_ = 0;  // guarded by mutex_
+  int64_t queued_tokens_ = 0;         // guarded by mutex_: prompt + max_tokens
   int64_t running_requests_ = 0;      // guarded by mutex_
   DepartureRate first_tokens_;        // guarded by mutex_: the queue's drain
   DepartureRate ends_;                // guarded by mutex_: the in-flight drain

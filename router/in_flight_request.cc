@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "router/http_errors.h"
 
 namespace reflect {
@@ -22,6 +23,57 @@ GenerationPipelineOptions PipelineOptions(const RoutedRequest& request) {
 double SecondsBetween(absl::Time from, absl::Time to) { return absl::ToDoubleSeconds(to - from); }
 
 }  // namespace
+
+DeadlineTimer::~DeadlineTimer() {
+  {
+    const std::lock_guard lock(mutex_);
+    stopping_ = true;
+    entries_.clear();
+  }
+  changed_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+DeadlineTimer::Key DeadlineTimer::Schedule(absl::Time when, std::function<void()> callback) {
+  Key key{.when = when, .id = 0};
+  bool earliest = false;
+  {
+    const std::lock_guard lock(mutex_);
+    key.id = ++next_id_;
+    const auto inserted = entries_.emplace(std::make_pair(when, key.id), std::move(callback)).first;
+    earliest = inserted == entries_.begin();
+    if (!thread_.joinable()) thread_ = std::thread([this] { Run(); });
+  }
+  if (earliest) changed_.notify_all();
+  return key;
+}
+
+void DeadlineTimer::Cancel(const Key& key) {
+  const std::lock_guard lock(mutex_);
+  entries_.erase(std::make_pair(key.when, key.id));
+}
+
+void DeadlineTimer::Run() {
+  std::unique_lock lock(mutex_);
+  while (!stopping_) {
+    if (entries_.empty()) {
+      changed_.wait(lock);
+      continue;
+    }
+    const absl::Time when = entries_.begin()->first.first;
+    if (absl::Now() < when) {
+      // Woken early by an earlier entry, a Cancel or the destructor: look again.
+      changed_.wait_until(lock, absl::ToChronoTime(when));
+      continue;
+    }
+    std::function<void()> callback = std::move(entries_.begin()->second);
+    entries_.erase(entries_.begin());
+    lock.unlock();
+    callback();
+    callback = nullptr;  // whatever it holds goes before the lock is taken again
+    lock.lock();
+  }
+}
 
 std::optional<size_t> PickReplica(const RouterServices& services,
                                   const std::vector<int32_t>& prompt_token_ids,
@@ -42,7 +94,50 @@ InFlightRequest::InFlightRequest(RouterServices& services, uint64_t request_numb
       sink_(std::move(sink)),
       refused_by_(services.pool.size(), false) {}
 
-void InFlightRequest::Start(size_t replica_index) { OpenStream(replica_index); }
+void InFlightRequest::Start(size_t replica_index) {
+  admitted_time_ = absl::Now();
+  const absl::Duration max_queue_time = services_.admission.limits().max_queue_time;
+  if (max_queue_time != absl::InfiniteDuration()) {
+    // Weak: a pending deadline keeps nothing alive; End drops it.
+    queue_deadline_ = services_.queue_timer.Schedule(
+        admitted_time_ + max_queue_time,
+        [weak = std::weak_ptr<InFlightRequest>(shared_from_this())] {
+          if (const std::shared_ptr<InFlightRequest> request = weak.lock(); request != nullptr) {
+            request->QueueTimeout();
+          }
+        });
+  }
+  OpenStream(replica_index);
+}
+
+void InFlightRequest::QueueTimeout() {
+  std::shared_ptr<ReplicaStream> stream;
+  {
+    const std::lock_guard lock(mutex_);
+    if (left_queue_ || cancel_requested_ || queue_timed_out_) return;
+    queue_timed_out_ = true;
+    stream = stream_;
+  }
+  // Null only between streams: OpenStream cancels the next one.
+  if (stream != nullptr) stream->Cancel();
+}
+
+bool InFlightRequest::queue_timed_out() {
+  const std::lock_guard lock(mutex_);
+  return queue_timed_out_;
+}
+
+absl::Status InFlightRequest::QueueTimeoutError() const {
+  const absl::Time now = absl::Now();
+  const absl::Duration hint = services_.admission.RetryHint(now);
+  absl::Status status = absl::ResourceExhaustedError(absl::StrFormat(
+      "waited %.1fs in the queue without being scheduled (max_queue_time %s); retry in %s",
+      absl::ToDoubleSeconds(now - admitted_time_),
+      absl::FormatDuration(services_.admission.limits().max_queue_time),
+      absl::FormatDuration(hint)));
+  SetRetryAfter(std::chrono::milliseconds(absl::ToInt64Milliseconds(hint)), status);
+  return status;
+}
 
 void InFlightRequest::OpenStream(size_t replica_index) {
   replica_index_ = replica_index;
@@ -54,7 +149,7 @@ void InFlightRequest::OpenStream(size_t replica_index) {
   {
     const std::lock_guard lock(mutex_);
     stream_ = stream;
-    cancel = cancel_requested_;
+    cancel = cancel_requested_ || queue_timed_out_;
   }
   // A Cancel that came between streams reaches the new one here (the stream holds it until Start).
   if (cancel) stream->Cancel();
@@ -76,10 +171,19 @@ void InFlightRequest::Cancel() {
 void InFlightRequest::OnMessage(ReplicaMessage message) {
   if (ended_) return;  // a stop string ended it; the cancelled stream may still deliver
   const absl::Time now = absl::Now();
+  if (!first_token_time_.has_value()) {
+    // Before the first token the queue-time deadline may have passed: then the stream is being
+    // cancelled, and nothing of it reaches the client.
+    const std::lock_guard lock(mutex_);
+    if (queue_timed_out_) return;
+    if (!message.tokens.empty()) left_queue_ = true;
+  }
   if (!message.tokens.empty()) {
     if (!first_token_time_.has_value()) {
+      if (queue_deadline_.has_value()) services_.queue_timer.Cancel(*queue_deadline_);
       first_token_time_ = now;
-      services_.admission.FirstToken(static_cast<int64_t>(request_.prompt_token_ids.size()), now);
+      services_.admission.FirstToken(static_cast<int64_t>(request_.prompt_token_ids.size()),
+                                     request_.sampling.max_tokens, now);
     } else if (services_.metrics != nullptr) {
       // Tokens that arrive together share the gap since the last message.
       const double gap =
@@ -128,7 +232,7 @@ void InFlightRequest::OnClosed(const absl::Status& status) {
       }
       if (!pieces.empty()) sink_->OnPieces(std::move(pieces));
       End(Outcome(finish_->reason));
-    } else if (status.ok()) {
+    } else if (status.ok() && !queue_timed_out()) {
       End(absl::InternalError(absl::StrCat("replica ", services_.pool.Describe(replica_index_),
                                            " ended the stream without a finish")));
     } else {
@@ -157,6 +261,10 @@ void InFlightRequest::HandleFailure(const absl::Status& status) {
   }
   if (client_cancelled) {
     End(absl::CancelledError("cancelled by the client"));
+    return;
+  }
+  if (queue_timed_out()) {
+    End(QueueTimeoutError());
     return;
   }
   if (absl::IsResourceExhausted(status) && !first_token_time_.has_value()) {
@@ -227,11 +335,17 @@ GenerationOutcome InFlightRequest::Outcome(GenerationStopReason reason) const {
 void InFlightRequest::End(const absl::StatusOr<GenerationOutcome>& outcome) {
   if (ended_) return;
   ended_ = true;
+  {
+    const std::lock_guard lock(mutex_);
+    left_queue_ = true;
+  }
+  if (queue_deadline_.has_value()) services_.queue_timer.Cancel(*queue_deadline_);
   const absl::Time now = absl::Now();
   if (first_token_time_.has_value()) {
     services_.admission.EndRunning(now);
   } else {
-    services_.admission.EndQueued(static_cast<int64_t>(request_.prompt_token_ids.size()), now);
+    services_.admission.EndQueued(static_cast<int64_t>(request_.prompt_token_ids.size()),
+                                  request_.sampling.max_tokens, now);
   }
   if (services_.metrics != nullptr) services_.metrics->RequestFinished(outcome);
   if (!outcome.ok()) {

@@ -1,6 +1,8 @@
 #include "router/inference_service.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -12,6 +14,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/chat_template.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 #include "router/http_errors.h"
 #include "router/inference_proto_conversion.h"
 #include "router/router_metrics.h"
@@ -177,7 +181,7 @@ class GenerationStreamReactor final : public grpc::ServerWriteReactor<v1::Genera
         retry_after.has_value()) {
       context_->AddTrailingMetadata("retry-after-ms", std::to_string(retry_after->count()));
     }
-    FinishLocked(GrpcStatusFromAbsl(status));
+    FinishLocked(GrpcStatusWithDetails(status));
   }
 
   void FinishLocked(const grpc::Status& status) {
@@ -218,7 +222,7 @@ void ReactorSink::OnFinished(const absl::StatusOr<GenerationOutcome>& outcome) {
 grpc::ServerUnaryReactor* FinishedUnary(grpc::CallbackServerContext* context,
                                         const absl::Status& status) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(GrpcStatusFromAbsl(status));
+  reactor->Finish(GrpcStatusWithDetails(status));
   return reactor;
 }
 
@@ -238,6 +242,23 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
 }
 
 }  // namespace
+
+grpc::Status GrpcStatusWithDetails(const absl::Status& status) {
+  const std::optional<std::chrono::milliseconds> retry_after = RetryAfter(status);
+  if (status.ok() || !retry_after.has_value()) return GrpcStatusFromAbsl(status);
+  google::rpc::RetryInfo retry_info;
+  const int64_t milliseconds = std::max<int64_t>(retry_after->count(), 0);
+  retry_info.mutable_retry_delay()->set_seconds(milliseconds / 1000);
+  retry_info.mutable_retry_delay()->set_nanos(static_cast<int32_t>(milliseconds % 1000) *
+                                              1'000'000);
+  google::rpc::Status details;
+  details.set_code(static_cast<int32_t>(status.code()));
+  details.set_message(std::string(status.message()));
+  // PackFrom writes the type URL "type.googleapis.com/google.rpc.RetryInfo".
+  details.add_details()->PackFrom(retry_info);
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()),
+                      details.SerializeAsString());
+}
 
 InferenceService::InferenceService(RequestRouter& router, const Tokenizer& tokenizer,
                                    InferenceServiceOptions options, RouterMetrics* metrics)

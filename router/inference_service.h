@@ -9,8 +9,12 @@
 // rides on the last chunk. The call being cancelled (client gone, deadline) cancels the request;
 // the gRPC deadline is the request's deadline. Tokenize and ListModels answer inline.
 //
-// Errors from the router end the stream with the same canonical code; RESOURCE_EXHAUSTED carries
-// trailing metadata "retry-after-ms" (from RetryAfter(status)).
+// Errors from the router end the stream with the same canonical code and message. A status with a
+// retry hint (RetryAfter(status), set on every RESOURCE_EXHAUSTED overload refusal) carries it
+// twice: as trailing metadata "retry-after-ms" (decimal milliseconds; what existing clients read)
+// and in gRPC's standard rich error model, trailer "grpc-status-details-bin" = a serialized
+// google.rpc.Status {code, message, details: [Any(google.rpc.RetryInfo{retry_delay})]} whose
+// retry_delay equals retry-after-ms (see GrpcStatusWithDetails).
 //
 // Ownership: holds references to the router and tokenizer, which must outlive the server's
 // shutdown. Thread-safety: every method may be called from any thread; no reaction blocks (each
@@ -21,6 +25,8 @@
 #include <cstdint>
 #include <string>
 
+#include "absl/status/status.h"
+#include "grpcpp/support/status.h"
 #include "reflect/v1/inference.grpc.pb.h"
 #include "router/api_keys.h"
 #include "router/openai_protocol.h"
@@ -29,6 +35,12 @@
 namespace reflect {
 
 class RouterMetrics;
+
+// `status` as a grpc::Status with the same code and message. When `status` carries a retry hint
+// (RetryAfter), error_details() is a serialized google.rpc.Status with the same code and message
+// and one detail, Any(google.rpc.RetryInfo) whose retry_delay is the hint to the millisecond; gRPC
+// sends it as trailer "grpc-status-details-bin". Without a hint, error_details() is empty.
+grpc::Status GrpcStatusWithDetails(const absl::Status& status);
 
 struct InferenceServiceOptions {
   // Served model names (the first is the default), context length, vocabulary size and the

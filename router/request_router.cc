@@ -80,7 +80,8 @@ class RequestRouterImpl final : public RequestRouter {
           absl::StrCat("no replica is ready (", pool_.size(), " configured, none in rotation)"));
     }
     if (absl::Status admitted =
-            admission_.TryAdmit(static_cast<int64_t>(request.prompt_token_ids.size()), absl::Now());
+            admission_.TryAdmit(static_cast<int64_t>(request.prompt_token_ids.size()),
+                                request.sampling.max_tokens, absl::Now());
         !admitted.ok()) {
       if (services_.metrics != nullptr) services_.metrics->RequestRejected("queue_full");
       return admitted;
@@ -140,8 +141,8 @@ absl::Status ValidateOptions(const RequestRouterOptions& options) {
     return absl::InvalidArgumentError("poll_interval and poll_timeout must be positive");
   }
   const AdmissionLimits& limits = options.admission;
-  if (limits.max_queued_requests < 1 || limits.max_queued_prompt_tokens < 1 ||
-      limits.max_in_flight_requests < 1) {
+  if (limits.max_queued_requests < 1 || limits.max_queued_tokens < 1 ||
+      limits.max_in_flight_requests < 1 || limits.max_queue_time <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("admission limits must be positive");
   }
   if (limits.min_retry_after < absl::ZeroDuration() ||

@@ -5,15 +5,18 @@
 //   Submit ─▶ replica choice (ready replicas only; least outstanding work, ties and near-ties
 //             broken by the longest prompt prefix the replica's prefix-cache summary holds;
 //             none in rotation → UNAVAILABLE, answered at once)
-//          ─▶ admission (bounded queue: requests and prompt tokens; full → RESOURCE_EXHAUSTED
-//             with a retry hint, answered at once)
+//          ─▶ admission (bounded queue: requests and prompt + max_tokens tokens; full →
+//             RESOURCE_EXHAUSTED with a retry hint, answered at once)
 //          ─▶ reflect.internal.v1.Replica/Generate stream (callback API, no thread per stream)
 //          ─▶ GenerationPipeline (detokenize, stop strings, sections, thinking budget)
 //          ─▶ ResponseSink
 //
 // A request counts as queued from Submit until its first token arrives (or it ends), then as
-// running. A replica that answers RESOURCE_EXHAUSTED before the first token is skipped and the
-// next best one tried; when none is left the request ends with RESOURCE_EXHAUSTED and a hint.
+// running; one still queued after AdmissionLimits.max_queue_time ends with RESOURCE_EXHAUSTED and
+// a retry hint (one timer thread for all requests, not one per request). RoutedRequest.priority
+// goes to the replica, whose scheduler admits and runs higher priorities first. A replica that
+// answers RESOURCE_EXHAUSTED before the first token is skipped and the next best one tried; when
+// none is left the request ends with RESOURCE_EXHAUSTED and a hint.
 //
 // Replica health: a background poller calls GetLoad on every replica every `poll_interval`; a
 // replica whose poll fails, or that reports accepting = false, leaves rotation until a poll
@@ -64,13 +67,19 @@ struct RoutedRequest {
 struct AdmissionLimits {
   // Requests admitted but without a first token yet, over all replicas; beyond: rejected.
   int64_t max_queued_requests = 1024;
-  // Prompt tokens of those requests.
-  int64_t max_queued_prompt_tokens = 1 << 22;
+  // Tokens of those requests, each counting prompt + max_tokens (its prompt and the most output it
+  // may ask for); beyond: rejected (a request bigger than this alone waits for an empty queue).
+  int64_t max_queued_tokens = 1 << 22;
   // Requests in flight (queued plus running); beyond: rejected.
   int64_t max_in_flight_requests = 100'000;
   // Bounds of the retry hint, which is estimated from how fast the queue has been draining.
   absl::Duration min_retry_after = absl::Milliseconds(500);
   absl::Duration max_retry_after = absl::Seconds(60);
+  // Queue-time deadline: a request admitted but still without a first token this long after its
+  // admission ends with RESOURCE_EXHAUSTED ("waited … in the queue without being scheduled") and a
+  // retry hint, and its replica stream is cancelled so the replica drops it. The wait includes the
+  // prefill of its own prompt. InfiniteDuration: no deadline.
+  absl::Duration max_queue_time = absl::Seconds(60);
 };
 
 struct RequestRouterOptions {

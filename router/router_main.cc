@@ -68,8 +68,14 @@ ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file");
 ABSL_FLAG(int64_t, max_request_bytes, 8 << 20, "Largest request body or gRPC message accepted");
 ABSL_FLAG(int64_t, max_queued_requests, 1024,
           "Requests waiting for their first token, beyond which new ones get 429");
-ABSL_FLAG(int64_t, max_queued_prompt_tokens, 1 << 22,
-          "Prompt tokens of the waiting requests, beyond which new ones get 429");
+ABSL_FLAG(int64_t, max_queued_tokens, 1 << 22,
+          "Tokens of the waiting requests, each counting prompt + max_tokens, beyond which new "
+          "ones get 429");
+ABSL_FLAG(int64_t, max_queued_prompt_tokens, 0,
+          "Deprecated alias of --max_queued_tokens (which counts prompt + max_tokens); 0: unset");
+ABSL_FLAG(double, max_queue_seconds, 60,
+          "A request still without its first token this long after admission ends with 429 and a "
+          "retry hint; 0: no limit");
 ABSL_FLAG(int64_t, max_in_flight_requests, 100000, "Requests in flight at most");
 ABSL_FLAG(int32_t, http_io_threads, 2, "Threads serving HTTP connections");
 ABSL_FLAG(int32_t, drain_seconds, 30, "How long a stopping router lets streams finish");
@@ -139,7 +145,19 @@ int Serve() {
   router_options.replica_addresses = absl::StrSplit(absl::GetFlag(FLAGS_replicas), ',');
   router_options.model = served_model_name;
   router_options.admission.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
-  router_options.admission.max_queued_prompt_tokens = absl::GetFlag(FLAGS_max_queued_prompt_tokens);
+  router_options.admission.max_queued_tokens = absl::GetFlag(FLAGS_max_queued_tokens);
+  if (const int64_t alias = absl::GetFlag(FLAGS_max_queued_prompt_tokens); alias != 0) {
+    std::fprintf(stderr,
+                 "reflect-router: --max_queued_prompt_tokens is deprecated; it sets "
+                 "--max_queued_tokens (prompt + max_tokens)\n");
+    router_options.admission.max_queued_tokens = alias;
+  }
+  const double queue_seconds = absl::GetFlag(FLAGS_max_queue_seconds);
+  if (!(queue_seconds >= 0)) {
+    return Fail(absl::InvalidArgumentError("--max_queue_seconds must be >= 0"));
+  }
+  router_options.admission.max_queue_time =
+      queue_seconds == 0 ? absl::InfiniteDuration() : absl::Seconds(queue_seconds);
   router_options.admission.max_in_flight_requests = absl::GetFlag(FLAGS_max_in_flight_requests);
   absl::StatusOr<std::unique_ptr<RequestRouter>> router =
       RequestRouter::Create(router_options, **tokenizer, &metrics);

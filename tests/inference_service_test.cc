@@ -13,6 +13,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -20,6 +21,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/chat_template.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -28,6 +31,7 @@
 #include "grpcpp/server_builder.h"
 #include "reflect/v1/inference.grpc.pb.h"
 #include "router/generation_pipeline.h"
+#include "router/http_errors.h"
 #include "tests/support/child_process.h"
 #include "tests/support/test_paths.h"
 
@@ -579,6 +583,37 @@ TEST_F(InferenceServiceTest, DeadlineEndsALongRequest) {
   EXPECT_TRUE(WaitForIdleRouter());
 }
 
+// What a client of gRPC's rich error model does: error_details() (trailer grpc-status-details-bin)
+// → google.rpc.Status with the call's code and message → its RetryInfo detail, in milliseconds.
+std::optional<int64_t> RetryDelayMilliseconds(const grpc::Status& status) {
+  google::rpc::Status details;
+  if (status.error_details().empty() || !details.ParseFromString(status.error_details())) {
+    return std::nullopt;
+  }
+  EXPECT_EQ(details.code(), static_cast<int32_t>(status.error_code()));
+  EXPECT_EQ(details.message(), status.error_message());
+  for (const google::protobuf::Any& detail : details.details()) {
+    EXPECT_EQ(detail.type_url(), "type.googleapis.com/google.rpc.RetryInfo");
+    google::rpc::RetryInfo retry_info;
+    if (!detail.UnpackTo(&retry_info)) continue;
+    return retry_info.retry_delay().seconds() * 1000 + retry_info.retry_delay().nanos() / 1'000'000;
+  }
+  return std::nullopt;
+}
+
+TEST(GrpcStatusWithDetailsTest, RetryInfoOnlyWithAHint) {
+  absl::Status hinted = absl::ResourceExhaustedError("queue full");
+  SetRetryAfter(std::chrono::milliseconds(2'345), hinted);
+  const grpc::Status with = GrpcStatusWithDetails(hinted);
+  EXPECT_EQ(with.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(with.error_message(), "queue full");
+  EXPECT_EQ(RetryDelayMilliseconds(with), 2'345);
+  const grpc::Status without = GrpcStatusWithDetails(absl::UnavailableError("no replica"));
+  EXPECT_EQ(without.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_TRUE(without.error_details().empty());
+  EXPECT_TRUE(GrpcStatusWithDetails(absl::OkStatus()).ok());
+}
+
 TEST_F(InferenceServiceTest, OverloadIsResourceExhaustedWithARetryHint) {
   // A router that admits one request at a time, on the same replica.
   RequestRouterOptions options;
@@ -610,7 +645,13 @@ TEST_F(InferenceServiceTest, OverloadIsResourceExhaustedWithARetryHint) {
   EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
       << refused.status.error_message();
   ASSERT_EQ(refused.trailing_metadata.count("retry-after-ms"), 1u);
-  EXPECT_GT(std::stoll(refused.trailing_metadata.find("retry-after-ms")->second), 0);
+  const int64_t retry_after_ms =
+      std::stoll(refused.trailing_metadata.find("retry-after-ms")->second);
+  EXPECT_GT(retry_after_ms, 0);
+  // The same hint in the standard rich error model, as a client library decodes it.
+  const std::optional<int64_t> retry_delay_ms = RetryDelayMilliseconds(refused.status);
+  ASSERT_TRUE(retry_delay_ms.has_value());
+  EXPECT_EQ(*retry_delay_ms, retry_after_ms);
 
   long_context.TryCancel();
   while (reader->Read(&chunk)) {

@@ -1,7 +1,8 @@
 // The router's core against real reflect-worker processes on the tiny model: concurrent requests
 // equal their alone runs, load spreading and prefix affinity across two replicas, stop strings,
-// cancellation freeing the replica's blocks, admission refusals, a replica killed mid-load, and
-// no replica ready. Every test starts its own workers (--port 0), so tests may run in parallel.
+// cancellation freeing the replica's blocks, admission refusals, the queue-time deadline,
+// priorities reaching the replica's scheduler, a replica killed mid-load, and no replica ready.
+// Every test starts its own workers (--port 0), so tests may run in parallel.
 #include "router/request_router.h"
 
 #include <arpa/inet.h>
@@ -403,6 +404,116 @@ TEST(RequestRouterTest, FullQueueIsRefusedAtOnceWithARetryHint) {
   EXPECT_EQ(router->Load().queued_requests, 0);
 }
 
+// Polls the replica's GetLoad until `done` holds or `timeout` passes; returns the last report.
+template <typename Done>
+absl::StatusOr<ReplicaLoadReport> WaitForLoad(const std::string& address, Done done,
+                                              absl::Duration timeout = absl::Seconds(5)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  absl::StatusOr<ReplicaLoadReport> load = GetLoad(address);
+  while (absl::Now() < deadline && load.ok() && !done(*load)) {
+    absl::SleepFor(absl::Milliseconds(10));
+    load = GetLoad(address);
+  }
+  return load;
+}
+
+TEST(RequestRouterTest, QueueTimeDeadlineEndsAWaitingRequest) {
+  // One sequence at a time: while the long request runs, the next one waits on the replica.
+  WorkerProcess worker(TestModelPath("tiny").string(), {"--threads", "1", "--max-num-seqs", "1"});
+  ASSERT_FALSE(worker.address().empty());
+  RequestRouterOptions options;
+  options.replica_addresses = {worker.address()};
+  options.poll_interval = absl::Milliseconds(50);
+  options.admission.max_queue_time = absl::Milliseconds(300);
+  absl::StatusOr<std::unique_ptr<RequestRouter>> created =
+      RequestRouter::Create(options, TinyTokenizer(), nullptr);
+  ASSERT_TRUE(created.ok()) << created.status();
+  RequestRouter& router = **created;
+  ASSERT_TRUE(router.WaitUntilReady(kTimeout));
+
+  Submitted running = Submit(router, Request(1, 8, 4000));
+  ASSERT_TRUE(running.sink->WaitForPieces());
+  const absl::Time start = absl::Now();
+  Submitted waiting = Submit(router, Request(2, 8, 4));
+  const absl::StatusOr<GenerationOutcome> outcome = waiting.sink->Wait(absl::Seconds(10));
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_TRUE(absl::IsResourceExhausted(outcome.status())) << outcome.status();
+  EXPECT_NE(outcome.status().message().find("in the queue without being scheduled"),
+            std::string::npos)
+      << outcome.status();
+  const std::optional<std::chrono::milliseconds> hint = RetryAfter(outcome.status());
+  ASSERT_TRUE(hint.has_value());
+  EXPECT_GE(*hint, std::chrono::milliseconds(500));
+  EXPECT_GE(took, absl::Milliseconds(300));
+  EXPECT_LT(took, absl::Seconds(1));
+  EXPECT_TRUE(waiting.sink->token_ids().empty());
+
+  // The replica dropped it (its stream was cancelled) and still runs the first one, which the
+  // deadline does not touch: it had its first token.
+  const absl::StatusOr<ReplicaLoadReport> load = WaitForLoad(
+      worker.address(),
+      [](const ReplicaLoadReport& report) { return report.waiting_requests == 0; },
+      absl::Seconds(1));
+  ASSERT_TRUE(load.ok()) << load.status();
+  EXPECT_EQ(load->waiting_requests, 0);
+  EXPECT_EQ(load->running_requests, 1);
+  EXPECT_FALSE(running.sink->finished());
+  EXPECT_EQ(router.Load().queued_requests, 0);
+  EXPECT_EQ(router.Load().running_requests, 1);
+
+  running.handle->Cancel();
+  EXPECT_TRUE(absl::IsCancelled(running.sink->Wait().status()));
+}
+
+TEST(RequestRouterTest, HigherPriorityIsServedFirst) {
+  WorkerProcess worker(TestModelPath("tiny").string(), {"--threads", "1", "--max-num-seqs", "1"});
+  ASSERT_FALSE(worker.address().empty());
+  RequestRouterOptions options;
+  options.replica_addresses = {worker.address()};
+  options.poll_interval = absl::Milliseconds(50);
+  absl::StatusOr<std::unique_ptr<RequestRouter>> created =
+      RequestRouter::Create(options, TinyTokenizer(), nullptr);
+  ASSERT_TRUE(created.ok()) << created.status();
+  RequestRouter& router = **created;
+  ASSERT_TRUE(router.WaitUntilReady(kTimeout));
+  const auto waiting_on_replica = [&worker](int64_t count) {
+    const absl::StatusOr<ReplicaLoadReport> load = WaitForLoad(
+        worker.address(),
+        [count](const ReplicaLoadReport& report) { return report.waiting_requests == count; });
+    return load.ok() && load->waiting_requests == count;
+  };
+
+  // The replica's only sequence slot is taken.
+  Submitted running = Submit(router, Request(1, 8, 4000));
+  ASSERT_TRUE(running.sink->WaitForPieces());
+  // A low-priority request arrives first and waits on the replica; a high-priority one after it.
+  RoutedRequest low_request = Request(2, 8, 4);
+  low_request.priority = -10;
+  const absl::Time low_received = low_request.received_time;
+  Submitted low = Submit(router, std::move(low_request));
+  ASSERT_TRUE(waiting_on_replica(1));
+  RoutedRequest high_request = Request(3, 8, 4);
+  high_request.priority = 10;
+  const absl::Time high_received = high_request.received_time;
+  Submitted high = Submit(router, std::move(high_request));
+  ASSERT_TRUE(waiting_on_replica(2));
+  ASSERT_FALSE(running.sink->finished());
+
+  // Freeing the slot lets the replica's scheduler pick: the high-priority one runs before the
+  // low-priority one gets its first token.
+  running.handle->Cancel();
+  EXPECT_TRUE(absl::IsCancelled(running.sink->Wait().status()));
+  const absl::StatusOr<GenerationOutcome> high_outcome = high.sink->Wait();
+  const absl::StatusOr<GenerationOutcome> low_outcome = low.sink->Wait();
+  ASSERT_TRUE(high_outcome.ok()) << high_outcome.status();
+  ASSERT_TRUE(low_outcome.ok()) << low_outcome.status();
+  const absl::Time high_first_token =
+      high_received + absl::Seconds(high_outcome->timings.time_to_first_token_seconds);
+  const absl::Time low_first_token =
+      low_received + absl::Seconds(low_outcome->timings.time_to_first_token_seconds);
+  EXPECT_LT(high_first_token, low_first_token);
+}
+
 TEST(RequestRouterTest, KilledReplicaFailsItsRequestsOnly) {
   auto workers = StartWorkers(2, /*threads=*/1);
   const std::unique_ptr<RequestRouter> router = StartRouter(workers);
@@ -614,6 +725,14 @@ TEST(RequestRouterTest, CreateRefusesBadOptions) {
   }
   options.replica_addresses = {"[::1]:5000", "127.0.0.1:5001"};
   EXPECT_TRUE(RequestRouter::Create(options, TinyTokenizer(), nullptr).ok());
+  options.admission.max_queue_time = absl::ZeroDuration();
+  EXPECT_TRUE(
+      absl::IsInvalidArgument(RequestRouter::Create(options, TinyTokenizer(), nullptr).status()));
+  options.admission.max_queue_time = absl::InfiniteDuration();  // no deadline
+  EXPECT_TRUE(RequestRouter::Create(options, TinyTokenizer(), nullptr).ok());
+  options.admission.max_queued_tokens = 0;
+  EXPECT_TRUE(
+      absl::IsInvalidArgument(RequestRouter::Create(options, TinyTokenizer(), nullptr).status()));
 }
 
 }  // namespace
