@@ -13,7 +13,6 @@
 // (so an HTTP readiness probe fails from then on) and let in-flight streams
 // finish (up to --drain_seconds), then exit 0. Signals are taken by sigwait in main, never in
 // signal context.
-#include <signal.h>
 
 #include <chrono>
 #include <cstdint>
@@ -242,12 +241,7 @@ int Serve() {
   std::fprintf(stderr, "reflect-router: serving %s from %zu replica(s)\n",
                served_model_name.c_str(), router_options.replica_addresses.size());
 
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  const int signal_number = WaitForTerminationSignal();
   std::fprintf(stderr, "reflect-router: signal %d: draining\n", signal_number);
   stopping = true;
   health_follower.join();
@@ -263,13 +257,7 @@ int Serve() {
 }  // namespace reflect
 
 int main(int argc, char** argv) {
-  // Signals are blocked in every thread (set before any starts) and taken by
-  // sigwait in Serve.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  reflect::BlockTerminationSignals();
   absl::SetProgramUsageMessage("reflect-router --model DIR --replicas HOST:PORT[,...]");
   std::vector<char*> arguments(argv, argv + argc);
   std::vector<std::string> normalized_storage;

@@ -8,7 +8,6 @@
 // NOT_SERVING, stop admitting (UNAVAILABLE "draining"), finish every in-flight request, shut the
 // server down, exit 0. Signals are blocked in every thread and taken by sigwait in main, so no
 // handler runs in signal context.
-#include <signal.h>
 
 #include <algorithm>
 #include <chrono>
@@ -193,12 +192,7 @@ int Serve() {
                model_dir.c_str(), host.c_str(), selected_port,
                static_cast<long long>(backend_options.num_kv_blocks));
 
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  const int signal_number = WaitForTerminationSignal();
   std::fprintf(stderr, "reflect-worker: signal %d: draining\n", signal_number);
   SetServing(*server, false);
   (*engine)->BeginDrain();
@@ -215,12 +209,7 @@ int Serve() {
 }  // namespace reflect
 
 int main(int argc, char** argv) {
-  // Before any thread starts, so that every thread inherits the mask and sigwait gets them.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  reflect::BlockTerminationSignals();
 
   absl::SetProgramUsageMessage("reflect-worker --model DIR [--port 50061] [--flags]");
   std::vector<char*> args(argv, argv + argc);
