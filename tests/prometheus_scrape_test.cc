@@ -14,12 +14,12 @@
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "reflect/internal/v1/replica.grpc.pb.h"
 #include "tests/support/child_process.h"
+#include "tests/support/grpc_health.h"
 #include "tests/support/http_client.h"
 #include "tests/support/prometheus_server.h"
 #include "tests/support/serving_cluster.h"
@@ -31,25 +31,6 @@ namespace {
 namespace v1 = internal::v1;
 
 constexpr absl::Duration kTimeout = absl::Seconds(60);
-
-bool WaitUntilServing(grpc::Channel& channel) {
-  auto stub = grpc::health::v1::Health::NewStub(
-      std::shared_ptr<grpc::Channel>(&channel, [](grpc::Channel*) {}));
-  const absl::Time deadline = absl::Now() + kTimeout;
-  while (absl::Now() < deadline) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-    grpc::health::v1::HealthCheckRequest request;
-    request.set_service("reflect.internal.v1.Replica");
-    grpc::health::v1::HealthCheckResponse response;
-    if (stub->Check(&context, request, &response).ok() &&
-        response.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
-      return true;
-    }
-    absl::SleepFor(absl::Milliseconds(50));
-  }
-  return false;
-}
 
 // Runs one greedy request of `max_tokens` on a 40-token prompt to its end.
 void Generate(grpc::Channel& channel, int seed, int max_tokens) {
@@ -106,7 +87,8 @@ TEST(PrometheusScrapeTest, PrometheusScrapesTheWorkerAndAnswersPromQl) {
 
   std::shared_ptr<grpc::Channel> channel =
       grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
-  ASSERT_TRUE(WaitUntilServing(*channel));
+  ASSERT_TRUE(testing::WaitForHealth(*channel, "reflect.internal.v1.Replica",
+                                     grpc::health::v1::HealthCheckResponse::SERVING));
   for (int seed = 1; seed <= 3; ++seed) Generate(*channel, seed, 12);
 
   // The target is up (Prometheus parsed its exposition), and carries the job's labels.

@@ -15,12 +15,12 @@
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "reflect/internal/v1/replica.grpc.pb.h"
 #include "tests/support/child_process.h"
+#include "tests/support/grpc_health.h"
 #include "tests/support/prometheus_server.h"
 #include "tests/support/test_paths.h"
 
@@ -34,25 +34,6 @@ constexpr absl::Duration kTimeout = absl::Seconds(60);
 constexpr int kBlockTokens = 16;   // reflect-worker's default --block_size
 constexpr int kKvBlocks = 512;     // testing::WorkerArguments' --num-kv-blocks
 constexpr int kPromptTokens = 48;  // three full blocks, so a repeat can hit the prefix cache
-
-bool WaitUntilServing(grpc::Channel& channel) {
-  auto stub = grpc::health::v1::Health::NewStub(
-      std::shared_ptr<grpc::Channel>(&channel, [](grpc::Channel*) {}));
-  const absl::Time deadline = absl::Now() + kTimeout;
-  while (absl::Now() < deadline) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-    grpc::health::v1::HealthCheckRequest request;
-    request.set_service("reflect.internal.v1.Replica");
-    grpc::health::v1::HealthCheckResponse response;
-    if (stub->Check(&context, request, &response).ok() &&
-        response.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
-      return true;
-    }
-    absl::SleepFor(absl::Milliseconds(50));
-  }
-  return false;
-}
 
 v1::StartGeneration Start(int seed, int max_tokens) {
   v1::StartGeneration start;
@@ -99,7 +80,8 @@ class ReplicaMetricsTest : public ::testing::Test {
     metrics_address_ = worker_.WaitForLine("metrics ", kTimeout);
     ASSERT_FALSE(metrics_address_.empty()) << "reflect-worker did not report its metrics port";
     channel_ = grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
-    ASSERT_TRUE(WaitUntilServing(*channel_));
+    ASSERT_TRUE(testing::WaitForHealth(*channel_, "reflect.internal.v1.Replica",
+                                       grpc::health::v1::HealthCheckResponse::SERVING));
   }
 
   ParsedMetrics Scrape() {

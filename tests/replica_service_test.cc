@@ -24,48 +24,28 @@
 #include "absl/time/time.h"
 #include "common/block_hash.h"
 #include "common/prefix_summary.h"
-#include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "reflect/internal/v1/replica.grpc.pb.h"
 #include "tests/support/child_process.h"
+#include "tests/support/grpc_health.h"
 #include "tests/support/test_paths.h"
 
 namespace reflect {
 namespace {
 
 namespace v1 = internal::v1;
-using grpc::health::v1::HealthCheckRequest;
 using grpc::health::v1::HealthCheckResponse;
 
 constexpr absl::Duration kTimeout = absl::Seconds(60);
 
 using testing::WorkerProcess;
 
+constexpr char kReplicaService[] = "reflect.internal.v1.Replica";
+
 std::shared_ptr<grpc::Channel> Connect(const WorkerProcess& worker) {
   return grpc::CreateChannel(worker.address(), grpc::InsecureChannelCredentials());
-}
-
-HealthCheckResponse::ServingStatus Health(grpc::Channel& channel) {
-  auto stub = grpc::health::v1::Health::NewStub(
-      std::shared_ptr<grpc::Channel>(&channel, [](grpc::Channel*) {}));
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  HealthCheckRequest request;
-  request.set_service("reflect.internal.v1.Replica");
-  HealthCheckResponse response;
-  if (!stub->Check(&context, request, &response).ok()) return HealthCheckResponse::UNKNOWN;
-  return response.status();
-}
-
-bool WaitForHealth(grpc::Channel& channel, HealthCheckResponse::ServingStatus wanted) {
-  const absl::Time deadline = absl::Now() + kTimeout;
-  while (absl::Now() < deadline) {
-    if (Health(channel) == wanted) return true;
-    absl::SleepFor(absl::Milliseconds(50));
-  }
-  return false;
 }
 
 v1::StartGeneration Start(int index, int max_tokens) {
@@ -149,7 +129,7 @@ class ReplicaServiceTest : public ::testing::Test {
   void SetUp() override {
     ASSERT_FALSE(worker_.address().empty()) << "reflect-worker did not report its port";
     channel_ = Connect(worker_);
-    ASSERT_TRUE(WaitForHealth(*channel_, HealthCheckResponse::SERVING));
+    ASSERT_TRUE(testing::WaitForHealth(*channel_, kReplicaService, HealthCheckResponse::SERVING));
   }
 
   WorkerProcess worker_{testing::TestModelPath("tiny").string()};
@@ -306,7 +286,7 @@ TEST_F(ReplicaServiceTest, SigtermFinishesInFlightStreamsThenExitsZero) {
         worker_.process().Signal(SIGTERM);
         const absl::Time deadline = absl::Now() + absl::Seconds(5);
         do {
-          health_while_draining = Health(*channel_);
+          health_while_draining = testing::HealthStatus(*channel_, kReplicaService);
         } while (health_while_draining == HealthCheckResponse::SERVING && absl::Now() < deadline);
         refused = Generate(*channel_, Start(6, 5));
       });

@@ -27,7 +27,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -35,6 +34,7 @@
 #include "reflect/internal/v1/replica.grpc.pb.h"
 #include "reflect/v1/inference.grpc.pb.h"
 #include "tests/support/child_process.h"
+#include "tests/support/grpc_health.h"
 #include "tests/support/http_client.h"
 #include "tests/support/process.h"
 #include "tests/support/prometheus_server.h"
@@ -446,17 +446,7 @@ TEST(ServingSecurityTest, TlsAndApiKeysGuardBothPorts) {
     return std::make_pair(status, chunks);
   };
   // Health (not behind the keys) says SERVING once the replica is in rotation.
-  auto health = grpc::health::v1::Health::NewStub(channel);
-  bool serving = false;
-  for (const absl::Time deadline = absl::Now() + absl::Seconds(60);
-       !serving && absl::Now() < deadline; absl::SleepFor(absl::Milliseconds(50))) {
-    grpc::ClientContext health_context;
-    health_context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-    grpc::health::v1::HealthCheckResponse response;
-    serving = health->Check(&health_context, {}, &response).ok() &&
-              response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
-  }
-  ASSERT_TRUE(serving);
+  ASSERT_TRUE(testing::WaitForHealth(*channel, "", grpc::health::v1::HealthCheckResponse::SERVING));
   const auto [refused, no_chunks] = chat_with_key("");
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAUTHENTICATED) << refused.error_message();
   EXPECT_EQ(no_chunks, 0);
