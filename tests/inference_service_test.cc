@@ -33,12 +33,11 @@
 #include "router/generation_pipeline.h"
 #include "router/http_errors.h"
 #include "tests/support/child_process.h"
-#include "tests/support/test_paths.h"
+#include "tests/support/router_over_worker.h"
 
 namespace reflect {
 namespace {
 
-using testing::TestModelPath;
 using testing::WorkerProcess;
 
 constexpr absl::Duration kTimeout = absl::Seconds(60);
@@ -113,27 +112,20 @@ void SetDeadline(grpc::ClientContext& context, absl::Duration timeout) {
 class InferenceServiceTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    worker_ = new WorkerProcess(TestModelPath("tiny").string());
-    ASSERT_FALSE(worker_->address().empty()) << "reflect-worker did not start";
-    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::Load(TestModelPath("tiny"));
-    ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
-    tokenizer_ = tokenizer->release();
-    RequestRouterOptions options;
-    options.replica_addresses = {worker_->address()};
-    absl::StatusOr<std::unique_ptr<RequestRouter>> router =
-        RequestRouter::Create(options, *tokenizer_, nullptr);
-    ASSERT_TRUE(router.ok()) << router.status();
-    router_ = router->release();
-    ASSERT_TRUE(router_->WaitUntilReady(kTimeout));
+    absl::StatusOr<std::unique_ptr<testing::RouterOverWorker>> started =
+        testing::StartRouterOverWorker();
+    ASSERT_TRUE(started.ok()) << started.status();
+    started_ = started->release();
+    worker_ = started_->worker.get();
+    tokenizer_ = started_->tokenizer.get();
+    router_ = started_->router.get();
     served_ = new ServedInference(Serve(*router_, *tokenizer_, ApiKeys()));
   }
 
   static void TearDownTestSuite() {
     if (served_ != nullptr) served_->server->Shutdown(absl::ToChronoTime(absl::Now()));
     delete served_;
-    delete router_;
-    delete tokenizer_;
-    delete worker_;
+    delete started_;
   }
 
   static v1::Inference::Stub& Stub() { return *served_->stub; }
@@ -172,6 +164,8 @@ class InferenceServiceTest : public ::testing::Test {
     return request;
   }
 
+  static inline testing::RouterOverWorker* started_ = nullptr;
+  // Views into started_.
   static inline WorkerProcess* worker_ = nullptr;
   static inline Tokenizer* tokenizer_ = nullptr;
   static inline RequestRouter* router_ = nullptr;

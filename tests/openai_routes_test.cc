@@ -25,7 +25,7 @@
 #include "nlohmann/json.hpp"
 #include "tests/support/child_process.h"
 #include "tests/support/http_client.h"
-#include "tests/support/test_paths.h"
+#include "tests/support/router_over_worker.h"
 
 namespace reflect {
 namespace {
@@ -34,8 +34,6 @@ using Json = nlohmann::json;
 using testing::HttpCall;
 using testing::HttpReply;
 using testing::SseData;
-using testing::TestModelPath;
-using testing::WorkerProcess;
 
 constexpr absl::Duration kTimeout = absl::Seconds(60);
 constexpr int64_t kContextLength = 4096;
@@ -63,27 +61,19 @@ std::unique_ptr<HttpServer> Serve(RequestRouter& router, const Tokenizer& tokeni
 class OpenAiRoutesTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    worker_ = new WorkerProcess(TestModelPath("tiny").string());
-    ASSERT_FALSE(worker_->address().empty()) << "reflect-worker did not start";
-    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::Load(TestModelPath("tiny"));
-    ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
-    tokenizer_ = tokenizer->release();
-    RequestRouterOptions options;
-    options.replica_addresses = {worker_->address()};
-    absl::StatusOr<std::unique_ptr<RequestRouter>> router =
-        RequestRouter::Create(options, *tokenizer_, nullptr);
-    ASSERT_TRUE(router.ok()) << router.status();
-    router_ = router->release();
-    ASSERT_TRUE(router_->WaitUntilReady(kTimeout));
+    absl::StatusOr<std::unique_ptr<testing::RouterOverWorker>> started =
+        testing::StartRouterOverWorker();
+    ASSERT_TRUE(started.ok()) << started.status();
+    started_ = started->release();
+    tokenizer_ = started_->tokenizer.get();
+    router_ = started_->router.get();
     server_ = Serve(*router_, *tokenizer_, ApiKeys()).release();
   }
 
   static void TearDownTestSuite() {
     if (server_ != nullptr) server_->Stop(std::chrono::milliseconds(0));
     delete server_;
-    delete router_;
-    delete tokenizer_;
-    delete worker_;
+    delete started_;
   }
 
   static std::string Address() { return absl::StrCat("127.0.0.1:", server_->port()); }
@@ -125,7 +115,8 @@ class OpenAiRoutesTest : public ::testing::Test {
                 {"temperature", 0}};
   }
 
-  static inline WorkerProcess* worker_ = nullptr;
+  static inline testing::RouterOverWorker* started_ = nullptr;
+  // Views into started_.
   static inline Tokenizer* tokenizer_ = nullptr;
   static inline RequestRouter* router_ = nullptr;
   static inline HttpServer* server_ = nullptr;
