@@ -84,18 +84,20 @@ absl::Status Scheduler::AddRequest(SequenceRequest request) {
                      BlocksFor(prompt_tokens + 1, block_size), " KV blocks; this replica has ",
                      block_manager_.num_device_blocks(), " blocks of ", block_size, " tokens"));
   }
+  const int64_t work_tokens = prompt_tokens + request.max_tokens;
   if (waiting_requests_ + 1 > config_.max_waiting_requests ||
-      waiting_tokens_ + prompt_tokens > config_.max_waiting_tokens) {
+      waiting_work_tokens_ + work_tokens > config_.max_waiting_tokens) {
     ++counters_.requests_rejected_queue_full;
-    return absl::ResourceExhaustedError(
-        absl::StrCat("the waiting queue is full (", waiting_requests_, " requests, ",
-                     waiting_tokens_, " prompt tokens; limits ", config_.max_waiting_requests,
-                     " and ", config_.max_waiting_tokens, "); retry later"));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the waiting queue is full (", waiting_requests_, " requests, ", waiting_work_tokens_,
+        " prompt + max_tokens tokens; limits ", config_.max_waiting_requests, " and ",
+        config_.max_waiting_tokens, "); retry later"));
   }
   const int64_t id = request.id;
   Sequence& sequence = sequences_.try_emplace(id, std::move(request), block_size).first->second;
   ++waiting_requests_;
   waiting_tokens_ += prompt_tokens;
+  waiting_work_tokens_ += work_tokens;
   InsertInOrder(queue_, &sequence);
   return absl::OkStatus();
 }
@@ -123,6 +125,7 @@ void Scheduler::LeaveWaiting(Sequence& sequence) {
   if (sequence.state != SequenceState::kWaiting) return;
   --waiting_requests_;
   waiting_tokens_ -= sequence.num_prompt_tokens;
+  waiting_work_tokens_ -= sequence.num_prompt_tokens + sequence.max_tokens;
 }
 
 void Scheduler::Retire(Sequence& sequence, RetireReason reason, absl::Status status,

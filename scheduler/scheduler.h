@@ -60,8 +60,10 @@ struct SchedulerConfig {
   int64_t max_num_batched_tokens = 2048;  // tokens per step, all sequences together
   int32_t max_num_seqs = 256;             // sequences holding KV blocks on the device
   int64_t max_waiting_requests = 1024;    // requests not yet admitted
-  int64_t max_waiting_tokens = 4 << 20;   // their prompt tokens together
-  int64_t max_model_length = 131072;      // prompt + generated tokens
+  // Their work together: prompt tokens plus max_tokens (the output they may ask for), so a
+  // queue of long traces is bounded by what it will cost, not only by its prompts.
+  int64_t max_waiting_tokens = 4 << 20;
+  int64_t max_model_length = 131072;  // prompt + generated tokens
   bool enable_chunked_prefill = true;
   PreemptionPolicy preemption = SwapPreemption{.min_tokens = 1024};
 };
@@ -127,7 +129,9 @@ class Scheduler {
   int64_t num_running() const { return std::ssize(running_); }
   int64_t num_queued() const { return std::ssize(queue_); }  // waiting, preempted, swapped
   int64_t num_waiting_requests() const { return waiting_requests_; }
-  int64_t num_waiting_tokens() const { return waiting_tokens_; }
+  int64_t num_waiting_tokens() const { return waiting_tokens_; }  // their prompt tokens
+  // Their prompt plus max_tokens, what max_waiting_tokens bounds.
+  int64_t num_waiting_work_tokens() const { return waiting_work_tokens_; }
   const SchedulerCounters& counters() const { return counters_; }
   const BlockManager& block_manager() const { return block_manager_; }
 
@@ -156,6 +160,7 @@ class Scheduler {
   std::vector<Sequence*> queue_;    // kWaiting, kPreempted, kSwapped
   int64_t waiting_requests_ = 0;
   int64_t waiting_tokens_ = 0;
+  int64_t waiting_work_tokens_ = 0;
   bool step_in_flight_ = false;
   SchedulerOutput output_;
   int64_t num_entries_ = 0;  // entries of output_.plan.sequences filled by this Schedule

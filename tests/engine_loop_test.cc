@@ -6,6 +6,7 @@
 // draining and stopping give their statuses.
 #include "worker/engine_loop.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <condition_variable>
@@ -402,6 +403,34 @@ TEST(EngineLoopTest, FullQueueIsRefusedAtOnce) {
   for (const int64_t id : ids) engine->Cancel(id);
   EXPECT_EQ(running->Wait().code(), absl::StatusCode::kCancelled);
   for (auto& sink : waiting) EXPECT_EQ(sink->Wait().code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(Eventually([&] { return engine->Load().kv_blocks_used == 0; }));
+}
+
+// The token bound counts what a waiting request will cost, prompt + max_tokens: short prompts
+// asking for long traces fill the queue as surely as long prompts do.
+TEST(EngineLoopTest, QueueIsBoundedByPromptPlusMaxTokens) {
+  SchedulerConfig scheduler;
+  scheduler.max_num_seqs = 1;
+  scheduler.max_waiting_tokens = 5000;
+  std::unique_ptr<EngineLoop> engine = MakeEngine({.scheduler = scheduler});
+  auto running = std::make_shared<RecordingSink>();
+  absl::StatusOr<int64_t> running_id = engine->Submit(Request(Tokens(10, 1), 3000), running);
+  ASSERT_TRUE(running_id.ok());
+  ASSERT_TRUE(running->WaitForTokens(1));  // admitted: it holds the only sequence slot
+  auto waiting = std::make_shared<RecordingSink>();
+  absl::StatusOr<int64_t> waiting_id = engine->Submit(Request(Tokens(10, 2), 3000), waiting);
+  ASSERT_TRUE(waiting_id.ok()) << waiting_id.status();  // 10 + 3000 of 5000
+  absl::StatusOr<int64_t> refused =
+      engine->Submit(Request(Tokens(10, 3), 2000), std::make_shared<RecordingSink>());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);  // 3010 + 2010
+  EXPECT_THAT(refused.status().message(), ::testing::HasSubstr("prompt + max_tokens"));
+  auto fits = std::make_shared<RecordingSink>();
+  absl::StatusOr<int64_t> fits_id = engine->Submit(Request(Tokens(10, 4), 380), fits);
+  EXPECT_TRUE(fits_id.ok()) << fits_id.status();        // 610 + 390
+  // Routing still sees prompt tokens only.
+  EXPECT_TRUE(Eventually([&] { return engine->Load().waiting_prompt_tokens == 20; }));
+  for (const int64_t id : {*running_id, *waiting_id, *fits_id}) engine->Cancel(id);
+  EXPECT_EQ(running->Wait().code(), absl::StatusCode::kCancelled);
   EXPECT_TRUE(Eventually([&] { return engine->Load().kv_blocks_used == 0; }));
 }
 

@@ -378,11 +378,13 @@ TEST(SchedulerGoldenTest, SequencesThatCanNeverFit) {
                 }});
 }
 
-// The waiting queue is bounded by requests and by prompt tokens: beyond it, RESOURCE_EXHAUSTED.
+// The waiting queue is bounded by requests and by work tokens (prompt + max_tokens): beyond it,
+// RESOURCE_EXHAUSTED. Step 1: B (4 + 2) + D (14 + 2) = 22 fit in 24; step 3: D's 16 + E's 9 do
+// not, D's 16 + F's 7 do.
 TEST(SchedulerGoldenTest, BoundedWaitingQueue) {
   SchedulerConfig config = Limits(64, 1);
   config.max_waiting_requests = 2;
-  config.max_waiting_tokens = 20;
+  config.max_waiting_tokens = 24;
   ExpectGolden({.config = config,
                 .kv = Kv(16),
                 .requests = {{.name = 'A', .step = 0, .prompt_tokens = 4, .max_tokens = 2},

@@ -59,7 +59,7 @@ absl::StatusOr<std::unique_ptr<EngineLoop>> EngineLoop::Create(std::unique_ptr<B
                            Scheduler::Create(options.scheduler, kv_config));
   std::unique_ptr<EngineLoop> loop(
       new EngineLoop(std::move(backend), options, std::move(scheduler)));
-  loop->Publish(0, 0);
+  loop->Publish(QueuedWork{});
   if (SummarizesPrefixCache(options)) {
     // Published before the thread starts, so GetLoad reports the summary's shape from the start.
     loop->prefix_summary_ = std::make_shared<const PrefixSummary>(
@@ -111,27 +111,27 @@ absl::Status EngineLoop::Validate(const EngineRequest& request) const {
 absl::StatusOr<int64_t> EngineLoop::Submit(EngineRequest request,
                                            std::shared_ptr<GenerationSink> sink) {
   REFLECT_RETURN_IF_ERROR(Validate(request));
-  const int64_t num_tokens =
-      std::ssize(request.prompt_token_ids) + std::ssize(request.generated_token_ids);
+  QueuedWork work;
+  work.Add(request);
   const absl::Time receipt_time = absl::Now();
   const std::lock_guard lock(mutex_);
   if (stopping_) return absl::UnavailableError("the replica is shutting down");
   if (draining_) return absl::UnavailableError("the replica is draining: try another replica");
-  if (queued_adds_ + unadmitted_requests_ >= options_.scheduler.max_waiting_requests ||
-      queued_add_tokens_ + unadmitted_tokens_ + num_tokens >
-          options_.scheduler.max_waiting_tokens) {
+  const int64_t waiting_requests = queued_adds_.requests + unadmitted_.requests;
+  const int64_t waiting_work = queued_adds_.work_tokens + unadmitted_.work_tokens;
+  if (waiting_requests >= options_.scheduler.max_waiting_requests ||
+      waiting_work + work.work_tokens > options_.scheduler.max_waiting_tokens) {
     ++rejected_queue_full_;
-    return absl::ResourceExhaustedError(
-        absl::StrCat("the replica's waiting queue is full (", queued_adds_ + unadmitted_requests_,
-                     " requests, ", queued_add_tokens_ + unadmitted_tokens_, " prompt tokens)"));
+    return absl::ResourceExhaustedError(absl::StrCat("the replica's waiting queue is full (",
+                                                     waiting_requests, " requests, ", waiting_work,
+                                                     " prompt + max_tokens tokens)"));
   }
   const int64_t sequence_id = next_sequence_id_.fetch_add(1);
   commands_.push_back(AddCommand{.sequence_id = sequence_id,
                                  .request = std::move(request),
                                  .sink = std::move(sink),
                                  .receipt_time = receipt_time});
-  ++queued_adds_;
-  queued_add_tokens_ += num_tokens;
+  queued_adds_ += work;
   wake_engine_.notify_one();
   return sequence_id;
 }
@@ -157,7 +157,7 @@ void EngineLoop::BeginDrain() {
 
 bool EngineLoop::WaitUntilDrained(absl::Duration timeout) {
   const auto drained = [this] {
-    return stopped_ || (draining_ && queued_adds_ == 0 && load_.running_requests == 0 &&
+    return stopped_ || (draining_ && queued_adds_.requests == 0 && load_.running_requests == 0 &&
                         load_.waiting_requests == 0);
   };
   std::unique_lock lock(mutex_);
@@ -225,13 +225,10 @@ void EngineLoop::Run() {
   std::vector<Command> commands;
   absl::Duration wait = absl::ZeroDuration();
   while (TakeCommands(commands, wait)) {
-    int64_t applied_adds = 0;
-    int64_t applied_add_tokens = 0;
+    QueuedWork applied_adds;
     for (Command& command : commands) {
       if (AddCommand* add = std::get_if<AddCommand>(&command)) {
-        ++applied_adds;
-        applied_add_tokens += std::ssize(add->request.prompt_token_ids) +
-                              std::ssize(add->request.generated_token_ids);
+        applied_adds.Add(add->request);
         Apply(*add);
       } else if (ForceCommand* force = std::get_if<ForceCommand>(&command)) {
         Apply(*force);
@@ -242,11 +239,11 @@ void EngineLoop::Run() {
     commands.clear();
     // The queue bound Submit checks must see the adds move into the scheduler now, not after
     // the step (whose sinks may already make callers submit more).
-    Publish(applied_adds, applied_add_tokens);
+    Publish(applied_adds);
     bool ran = false;
     if (HasWork()) {
       ran = Step();
-      Publish(0, 0);
+      Publish(QueuedWork{});
     }
     // Between steps, never inside one: the rebuild delays at most the next step, once per interval.
     const absl::Duration summary_due = RefreshPrefixSummary(absl::Now());
@@ -258,18 +255,15 @@ void EngineLoop::Run() {
   }
   // Stopping: refuse what was still queued, end what runs.
   const absl::Status stopped = absl::UnavailableError("the replica stopped");
-  int64_t refused_adds = 0;
-  int64_t refused_add_tokens = 0;
+  QueuedWork refused_adds;
   for (Command& command : commands) {
     if (AddCommand* add = std::get_if<AddCommand>(&command)) {
-      ++refused_adds;
-      refused_add_tokens +=
-          std::ssize(add->request.prompt_token_ids) + std::ssize(add->request.generated_token_ids);
+      refused_adds.Add(add->request);
       add->sink->OnFinished(stopped, GenerationSummary{});
     }
   }
   FailAll(stopped);
-  Publish(refused_adds, refused_add_tokens);
+  Publish(refused_adds);
   const std::lock_guard lock(mutex_);
   stopped_ = true;
   wake_drainers_.notify_all();
@@ -383,7 +377,7 @@ bool EngineLoop::Step() {
   for (const RetiredSequence& retired : output.retired) {
     Finish(retired.sequence_id, retired.status, retired.reason);
   }
-  Publish(0, 0);  // admitted requests leave the waiting counts before this step's sinks run
+  Publish(QueuedWork{});  // admitted requests leave the waiting counts before this step's sinks run
   for (const Preemption& preemption : output.preempted) {
     if (auto found = active_.find(preemption.sequence_id); found != active_.end()) {
       ++found->second.summary.preemptions;
@@ -517,17 +511,37 @@ void EngineLoop::FailAll(const absl::Status& status) {
   }
 }
 
-void EngineLoop::Publish(int64_t applied_adds, int64_t applied_add_tokens) {
+void EngineLoop::QueuedWork::Add(const EngineRequest& request) {
+  ++requests;
+  prompt_tokens += std::ssize(request.prompt_token_ids) + std::ssize(request.generated_token_ids);
+  work_tokens += std::ssize(request.prompt_token_ids) + request.sampling.max_tokens;
+}
+
+EngineLoop::QueuedWork& EngineLoop::QueuedWork::operator+=(const QueuedWork& other) {
+  requests += other.requests;
+  prompt_tokens += other.prompt_tokens;
+  work_tokens += other.work_tokens;
+  return *this;
+}
+
+EngineLoop::QueuedWork& EngineLoop::QueuedWork::operator-=(const QueuedWork& other) {
+  requests -= other.requests;
+  prompt_tokens -= other.prompt_tokens;
+  work_tokens -= other.work_tokens;
+  return *this;
+}
+
+void EngineLoop::Publish(const QueuedWork& applied_adds) {
   const BlockManager& blocks = scheduler_->block_manager();
   const SchedulerCounters& counters = scheduler_->counters();
   const std::lock_guard lock(mutex_);
   queued_adds_ -= applied_adds;
-  queued_add_tokens_ -= applied_add_tokens;
-  unadmitted_requests_ = scheduler_->num_waiting_requests();
-  unadmitted_tokens_ = scheduler_->num_waiting_tokens();
+  unadmitted_.requests = scheduler_->num_waiting_requests();
+  unadmitted_.prompt_tokens = scheduler_->num_waiting_tokens();
+  unadmitted_.work_tokens = scheduler_->num_waiting_work_tokens();
   load_.running_requests = scheduler_->num_running();
-  load_.waiting_requests = scheduler_->num_queued() + queued_adds_;
-  load_.waiting_prompt_tokens = scheduler_->num_waiting_tokens() + queued_add_tokens_;
+  load_.waiting_requests = scheduler_->num_queued() + queued_adds_.requests;
+  load_.waiting_prompt_tokens = scheduler_->num_waiting_tokens() + queued_adds_.prompt_tokens;
   load_.kv_blocks_total = blocks.num_device_blocks();
   load_.kv_blocks_used = blocks.num_used_blocks();
   load_.kv_blocks_cached = blocks.num_cached_blocks();

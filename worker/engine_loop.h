@@ -166,6 +166,17 @@ class EngineLoop {
   };
   using Command = std::variant<AddCommand, CancelCommand, ForceCommand>;
 
+  // Requests not admitted yet, and their size: prompt tokens (failover tokens included), and
+  // work tokens = prompt tokens + max_tokens left, what max_waiting_tokens bounds.
+  struct QueuedWork {
+    int64_t requests = 0;
+    int64_t prompt_tokens = 0;
+    int64_t work_tokens = 0;
+    void Add(const EngineRequest& request);
+    QueuedWork& operator+=(const QueuedWork& other);
+    QueuedWork& operator-=(const QueuedWork& other);
+  };
+
   // A request the scheduler holds: what sampling and the sink need.
   struct ActiveRequest {
     int64_t handle = 0;  // what Submit returned: the first sequence id
@@ -203,7 +214,7 @@ class EngineLoop {
   // Moves applied adds from the queued counts into the scheduler's, refreshes load_ and wakes
   // drain waiters; takes mutex_. Called after commands are applied, after Schedule, and after
   // each step, so the counts are exact whenever a sink runs.
-  void Publish(int64_t applied_adds, int64_t applied_add_tokens);
+  void Publish(const QueuedWork& applied_adds);
   // Rebuilds and publishes the prefix-cache summary if the cache changed since the last one and
   // the interval has passed. Returns how long until a pending rebuild is due (so an idle loop
   // wakes for it), or InfiniteDuration when the summary is current or off.
@@ -234,12 +245,10 @@ class EngineLoop {
   std::vector<Command> commands_;          // guarded by mutex_
   // Guarded by mutex_. Submit bounds the queue with these, so a full queue is refused at once
   // rather than one step later: never-admitted requests are queued_adds_ (not yet taken by the
-  // loop, or taken but not yet published) plus unadmitted_requests_ (the scheduler's, as of
-  // the last Publish); likewise for their prompt tokens.
-  int64_t queued_adds_ = 0;
-  int64_t queued_add_tokens_ = 0;
-  int64_t unadmitted_requests_ = 0;
-  int64_t unadmitted_tokens_ = 0;
+  // loop, or taken but not yet published) plus unadmitted_ (the scheduler's, as of the last
+  // Publish).
+  QueuedWork queued_adds_;
+  QueuedWork unadmitted_;
   int64_t rejected_queue_full_ = 0;  // refused by Submit
   bool draining_ = false;
   bool stopping_ = false;

@@ -55,6 +55,8 @@ ABSL_FLAG(std::string, served_model_name, "",
 ABSL_FLAG(bool, enable_prefix_caching, true,
           "Reuse the KV blocks of prompt prefixes computed before (DESIGN §5)");
 ABSL_FLAG(int64_t, max_waiting_requests, 1024, "Queued requests beyond which new ones get 429");
+ABSL_FLAG(int64_t, max_waiting_tokens, 4 << 20,
+          "Prompt + max_tokens of the queued requests together beyond which new ones get 429");
 
 namespace reflect {
 namespace {
@@ -171,6 +173,7 @@ int Serve() {
   engine_options.scheduler.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
   engine_options.scheduler.max_num_batched_tokens = absl::GetFlag(FLAGS_max_num_batched_tokens);
   engine_options.scheduler.max_waiting_requests = absl::GetFlag(FLAGS_max_waiting_requests);
+  engine_options.scheduler.max_waiting_tokens = absl::GetFlag(FLAGS_max_waiting_tokens);
   engine_options.scheduler.max_model_length = model_config->model.max_position_embeddings;
   engine_options.num_host_blocks = static_cast<int32_t>(backend_options.num_host_blocks);
   engine_options.eos_token_ids = model_config->model.eos_token_ids;
