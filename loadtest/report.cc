@@ -143,10 +143,24 @@ std::vector<TimeWindow> SummarizeSeries(const RunInfo& run,
     series[index_of(record.sent)].arrivals_per_second += per_window;
     TimeWindow& ended = series[index_of(EndOf(record))];
     switch (record.outcome) {
-      case RequestOutcome::kOk:
+      case RequestOutcome::kOk: {
         ended.completions_per_second += per_window;
-        if (MeetsSlo(record, slo)) ended.goodput_requests_per_second += per_window;
+        const bool good = MeetsSlo(record, slo);
+        if (good) ended.goodput_requests_per_second += per_window;
+        if (!record.time_to_first_token.has_value()) break;
+        absl::Duration arrival = record.sent + *record.time_to_first_token;
+        const auto count_token = [&] {
+          TimeWindow& window = series[index_of(arrival)];
+          window.output_tokens_per_second += per_window;
+          if (good) window.goodput_output_tokens_per_second += per_window;
+        };
+        count_token();
+        for (const absl::Duration gap : record.inter_token_latencies) {
+          arrival += gap;
+          count_token();
+        }
         break;
+      }
       case RequestOutcome::kRejected:
         ended.rejections_per_second += per_window;
         break;
@@ -267,6 +281,8 @@ nlohmann::json ToJson(const LoadReport& report) {
         {"in_flight", window.in_flight},
         {"completions_per_second", window.completions_per_second},
         {"goodput_requests_per_second", window.goodput_requests_per_second},
+        {"output_tokens_per_second", window.output_tokens_per_second},
+        {"goodput_output_tokens_per_second", window.goodput_output_tokens_per_second},
         {"rejections_per_second", window.rejections_per_second},
         {"failures_per_second", window.failures_per_second},
         {"ttft_p50_seconds", SecondsOrNull(window.time_to_first_token_p50)},

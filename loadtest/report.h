@@ -20,10 +20,12 @@
 // - The time series cuts [0, span) into windows, span being the longest of the run length, the
 //   latest request end and the latest server sample, rounded up to whole windows. Arrivals count
 //   by send time, completions (ok), goodput, rejections and failures (error or timeout) by end
-//   time; an event at the span's very end counts in the last window. In flight counts requests sent
-//   at or before the window's end that end after it. TTFT percentiles are of the requests sent in
-//   the window that got a first token. Server figures are the last sample taken at or before the
-//   window's end (none before the first sample).
+//   time; an event at the span's very end counts in the last window. Output tokens count in the
+//   window each token arrived in (the first at sent + TTFT, each next one its inter-token gap
+//   later), over ok requests; goodput tokens over those that met the SLOs. In flight counts
+//   requests sent at or before the window's end that end after it. TTFT percentiles are of the
+//   requests sent in the window that got a first token. Server figures are the last sample taken at
+//   or before the window's end (none before the first sample).
 //
 // Summarize and ToJson are pure functions of their arguments; thread-compatible.
 #pragma once
@@ -103,6 +105,8 @@ struct TimeWindow {
   int64_t in_flight = 0;  // at the window's end
   double completions_per_second = 0;
   double goodput_requests_per_second = 0;
+  double output_tokens_per_second = 0;          // tokens that arrived in the window
+  double goodput_output_tokens_per_second = 0;  // of requests that met the SLOs
   double rejections_per_second = 0;
   double failures_per_second = 0;  // error or timeout
   std::optional<absl::Duration> time_to_first_token_p50;
@@ -150,7 +154,8 @@ LoadReport Summarize(const RunInfo& run, const std::vector<RequestRecord>& recor
 //                ok_requests_meeting_slo, goodput_requests_per_second,
 //                goodput_output_tokens_per_second, fraction_of_ok_meeting_slo}
 //   series: [{start_seconds, end_seconds, arrivals_per_second, in_flight,
-//             completions_per_second, goodput_requests_per_second, rejections_per_second,
+//             completions_per_second, goodput_requests_per_second, output_tokens_per_second,
+//             goodput_output_tokens_per_second, rejections_per_second,
 //             failures_per_second, ttft_p50_seconds, ttft_p99_seconds, queued_requests,
 //             running_requests, kv_cache_usage_ratio}]
 nlohmann::json ToJson(const LoadReport& report);

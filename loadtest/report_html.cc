@@ -251,6 +251,10 @@ std::string Charts(const LoadReport& report) {
                       {{"arrivals", "#1f77b4", field(&TimeWindow::arrivals_per_second)},
                        {"completions", "#2ca02c", field(&TimeWindow::completions_per_second)},
                        {"goodput", "#9467bd", field(&TimeWindow::goodput_requests_per_second)}});
+  charts += LineChart(
+      "Output tokens", "tokens / s", x_seconds,
+      {{"all ok requests", "#2ca02c", field(&TimeWindow::output_tokens_per_second)},
+       {"meeting the SLOs", "#9467bd", field(&TimeWindow::goodput_output_tokens_per_second)}});
   charts += LineChart("In flight (at window end)", "requests", x_seconds,
                       {{"in flight", "#ff7f0e", Column(report, [](const TimeWindow& w) {
                           return std::optional(static_cast<double>(w.in_flight));

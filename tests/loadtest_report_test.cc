@@ -20,7 +20,7 @@
 namespace reflect::loadtest {
 namespace {
 
-constexpr int kChartCount = 6;
+constexpr int kChartCount = 7;
 
 // Independent nearest-rank reference: sorted[ceil(p·n/100) − 1], ceil done in floating point.
 absl::Duration Reference(std::vector<absl::Duration> values, double percent) {
@@ -246,6 +246,39 @@ TEST(LoadReportTest, TimeSeriesWindowsMatchBruteForce) {
   }
 }
 
+// Output tokens count in the window they arrived in: the first at sent + TTFT, then one per
+// inter-token gap; goodput tokens only for requests that met the SLOs.
+TEST(LoadReportTest, OutputTokensCountInTheWindowTheyArrived) {
+  RequestRecord slow;  // tokens at 0.5, 0.6, 0.7 and 1.3 s; TTFT 0.3 s misses the 0.25 s SLO
+  slow.outcome = RequestOutcome::kOk;
+  slow.sent = absl::Milliseconds(200);
+  slow.time_to_first_token = absl::Milliseconds(300);
+  slow.inter_token_latencies = {absl::Milliseconds(100), absl::Milliseconds(100),
+                                absl::Milliseconds(600)};
+  slow.end_to_end = absl::Milliseconds(1100);
+  slow.output_tokens = 4;
+  RequestRecord fast = slow;  // tokens at 0.3 and 1.2 s; meets the SLO
+  fast.sent = absl::Milliseconds(100);
+  fast.time_to_first_token = absl::Milliseconds(200);
+  fast.inter_token_latencies = {absl::Milliseconds(900)};
+  fast.end_to_end = absl::Milliseconds(1100);
+  fast.output_tokens = 2;
+  RequestRecord rejected;
+  rejected.outcome = RequestOutcome::kRejected;
+  rejected.end_to_end = absl::Milliseconds(1);
+  SloTargets slo;
+  slo.ttft = absl::Milliseconds(250);
+  const LoadReport report =
+      Summarize(RunInfo{}, {slow, fast, rejected}, {}, slo, absl::Milliseconds(500));
+  ASSERT_EQ(report.series.size(), 3u);
+  EXPECT_DOUBLE_EQ(report.series[0].output_tokens_per_second, 2.0);  // fast's first
+  EXPECT_DOUBLE_EQ(report.series[1].output_tokens_per_second, 6.0);  // slow's first three
+  EXPECT_DOUBLE_EQ(report.series[2].output_tokens_per_second, 4.0);  // one of each
+  EXPECT_DOUBLE_EQ(report.series[0].goodput_output_tokens_per_second, 2.0);
+  EXPECT_DOUBLE_EQ(report.series[1].goodput_output_tokens_per_second, 0.0);
+  EXPECT_DOUBLE_EQ(report.series[2].goodput_output_tokens_per_second, 2.0);
+}
+
 TEST(LoadReportTest, JsonHasDocumentedFieldsInSeconds) {
   const std::vector<RequestRecord> records = MixedRecords(50, 5);
   RunInfo run;
@@ -287,6 +320,7 @@ TEST(LoadReportTest, JsonHasDocumentedFieldsInSeconds) {
   double arrivals = 0;
   for (const nlohmann::json& window : json["series"]) {
     for (const char* field : {"start_seconds", "end_seconds", "in_flight", "completions_per_second",
+                              "output_tokens_per_second", "goodput_output_tokens_per_second",
                               "rejections_per_second", "ttft_p50_seconds", "ttft_p99_seconds",
                               "queued_requests", "running_requests", "kv_cache_usage_ratio"}) {
       EXPECT_TRUE(window.contains(field)) << field;
