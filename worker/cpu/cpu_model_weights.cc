@@ -91,17 +91,17 @@ absl::Status ValidateLlamaWeights(const ModelConfig& config, const LlamaWeights&
   return absl::OkStatus();
 }
 
-absl::StatusOr<CpuModelWeights> PrepareCpuModelWeights(const ModelConfig& config,
-                                                       const LlamaWeights& weights,
+absl::StatusOr<CpuModelWeights> PrepareCpuModelWeights(const ShardedModel& model,
                                                        ThreadPool& pool) {
-  REFLECT_RETURN_IF_ERROR(ValidateLlamaWeights(config, weights));
+  const ModelConfig& config = model.config;
+  const LlamaWeights& weights = model.weights;
   const int64_t hidden = config.hidden_size;
-  CpuModelWeights model;
-  model.embedding = weights.embed_tokens;
-  model.final_norm = ToFloats(weights.norm);
-  model.layers.reserve(weights.layers.size());
+  CpuModelWeights packed_model;
+  if (model.shard.first_stage) packed_model.embedding = weights.embed_tokens;
+  packed_model.final_norm = ToFloats(weights.norm);
+  packed_model.layers.reserve(weights.layers.size());
   for (const LlamaLayerWeights& layer : weights.layers) {
-    CpuLayerWeights& packed = model.layers.emplace_back();
+    CpuLayerWeights& packed = packed_model.layers.emplace_back();
     packed.input_norm = ToFloats(layer.input_layernorm);
     packed.post_attention_norm = ToFloats(layer.post_attention_layernorm);
     const TensorView qkv_parts[] = {layer.q_proj, layer.k_proj, layer.v_proj};
@@ -115,10 +115,12 @@ absl::StatusOr<CpuModelWeights> PrepareCpuModelWeights(const ModelConfig& config
         packed.down, PackedMatrix::PackRows(std::span<const TensorView>(&layer.down_proj, 1),
                                             config.intermediate_size, pool));
   }
-  REFLECT_ASSIGN_OR_RETURN(
-      model.lm_head,
-      PackedMatrix::PackRows(std::span<const TensorView>(&weights.lm_head, 1), hidden, pool));
-  return model;
+  if (model.shard.last_stage) {
+    REFLECT_ASSIGN_OR_RETURN(
+        packed_model.lm_head,
+        PackedMatrix::PackRows(std::span<const TensorView>(&weights.lm_head, 1), hidden, pool));
+  }
+  return packed_model;
 }
 
 size_t CpuModelWeights::PackedBytes() const {

@@ -1,9 +1,11 @@
 // CpuModelWeights: a Llama model's weights in the form the CPU kernels use.
 //
-// Built once from LlamaWeights: each layer's q/k/v become one packed matrix (one matmul per
-// layer instead of three), gate/up one interleaved matrix for the fused SwiGLU, o/down/lm_head
-// one each; norm weights become f32. The embedding table is not copied: lookups read its rows
-// in place (the caller keeps it alive; see CreateCpuBackendFromWeights).
+// Built once from a ShardedModel (the whole model, or one rank's shard of it): each layer's q/k/v
+// become one packed matrix (one matmul per layer instead of three), gate/up one interleaved
+// matrix for the fused SwiGLU, o/down/lm_head one each; norm weights become f32. The embedding
+// table is not copied: lookups read its rows in place (the caller keeps it alive; see
+// CreateCpuBackendFromWeights). A shard off the first stage has no embedding, one off the last
+// no LM head (empty).
 //
 // Immutable after construction; safe to read from any thread.
 #pragma once
@@ -15,6 +17,7 @@
 #include "worker/cpu/packed_matrix.h"
 #include "worker/cpu/thread_pool.h"
 #include "worker/llama_weights.h"
+#include "worker/model_shard.h"
 
 namespace reflect::cpu {
 
@@ -28,10 +31,10 @@ struct CpuLayerWeights {
 };
 
 struct CpuModelWeights {
-  TensorView embedding;  // [vocab, hidden], read in place
+  TensorView embedding;  // [vocab rows, hidden], read in place
   std::vector<CpuLayerWeights> layers;
   std::vector<float> final_norm;
-  PackedMatrix lm_head;  // [vocab, hidden]
+  PackedMatrix lm_head;  // [vocab rows, hidden]
 
   size_t PackedBytes() const;
 };
@@ -39,9 +42,8 @@ struct CpuModelWeights {
 // Checks `config` for what the kernels need, then every tensor's shape against it.
 absl::Status ValidateLlamaWeights(const ModelConfig& config, const LlamaWeights& weights);
 
-absl::StatusOr<CpuModelWeights> PrepareCpuModelWeights(const ModelConfig& config,
-                                                       const LlamaWeights& weights,
-                                                       ThreadPool& pool);
+// Packs `model`, cut by ShardModel from weights that passed ValidateLlamaWeights.
+absl::StatusOr<CpuModelWeights> PrepareCpuModelWeights(const ShardedModel& model, ThreadPool& pool);
 
 // Row `token` of the embedding, as f32.
 void EmbeddingRow(const TensorView& embedding, int64_t token, float* output);
