@@ -275,12 +275,13 @@ absl::Status ParseStreamOptions(const Json& value, ParseState& state) {
     return InvalidFieldError("stream_options", "must be an object, got " + Show(value));
   }
   for (const auto& [key, item] : value.items()) {
-    if (key != "include_usage") {
+    if (key != "include_usage" && key != "continuous_usage_stats") {
       return InvalidFieldError("stream_options." + key, "unknown field");
     }
     if (item.is_null()) continue;
-    REFLECT_ASSIGN_OR_RETURN(state.request.include_usage,
-                             Bool(item, "stream_options.include_usage"));
+    bool& target =
+        key == "include_usage" ? state.request.include_usage : state.request.continuous_usage;
+    REFLECT_ASSIGN_OR_RETURN(target, Bool(item, "stream_options." + key));
   }
   state.has_stream_options = true;
   return absl::OkStatus();

@@ -48,6 +48,9 @@ struct CompletionRequest {
   int32_t n = 1;  // choices per prompt
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage: a last chunk with usage
+  // stream_options.continuous_usage_stats (vLLM's): with include_usage, every chunk carries the
+  // usage so far instead of null.
+  bool continuous_usage = false;
   // Unset: no log-probabilities. Set: the sampled token's log-probability plus this many
   // alternatives per token (chat: logprobs=true with top_logprobs; completions: logprobs=k).
   std::optional<int32_t> logprobs;

@@ -133,7 +133,8 @@ std::string CompletionResponseJson(const CompletionIdentity& identity,
 }
 
 std::string CompletionChunkJson(const CompletionIdentity& identity, const ChoiceResult& piece,
-                                bool first_chunk, bool include_usage) {
+                                bool first_chunk, bool include_usage,
+                                const CompletionUsage* running_usage) {
   const bool chat = IsChat(identity);
   Json chunk = Envelope(identity, chat ? "chat.completion.chunk" : "text_completion");
   Json choice;
@@ -153,7 +154,7 @@ std::string CompletionChunkJson(const CompletionIdentity& identity, const Choice
               {"finish_reason", FinishReasonJson(piece.finish_reason)}};
   }
   chunk["choices"] = Json::array({std::move(choice)});
-  if (include_usage) chunk["usage"] = nullptr;
+  if (include_usage) chunk["usage"] = running_usage ? UsageJson(*running_usage) : Json(nullptr);
   return Dump(chunk);
 }
 

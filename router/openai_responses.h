@@ -71,9 +71,11 @@ std::string CompletionResponseJson(const CompletionIdentity& identity,
 
 // One streamed chunk for one choice. Chat: `delta` holds `role` when `first_chunk` (OpenAI's first
 // chunk is {"role": "assistant", "content": ""}), `content` and `reasoning_content` when not
-// empty. With `include_usage` every chunk carries "usage": null, as OpenAI's do.
+// empty. With `include_usage` every chunk carries "usage": null, as OpenAI's do, or the usage so
+// far when `running_usage` is set (vLLM's continuous_usage_stats).
 std::string CompletionChunkJson(const CompletionIdentity& identity, const ChoiceResult& piece,
-                                bool first_chunk, bool include_usage);
+                                bool first_chunk, bool include_usage,
+                                const CompletionUsage* running_usage = nullptr);
 
 // The last chunk when stream_options.include_usage: empty `choices`, the request's usage.
 std::string UsageChunkJson(const CompletionIdentity& identity, const CompletionUsage& usage);

@@ -56,6 +56,7 @@ struct ChoiceState {
   int32_t prompt_index = 0;
   bool first_chunk_sent = false;  // streaming: the chat role chunk went out
   int64_t text_length = 0;        // completions: bytes of text so far (for text_offset)
+  int64_t streamed_tokens = 0;    // streaming: tokens received so far
   ChoiceResult result;            // non-streaming: everything so far
   std::optional<GenerationOutcome> outcome;
 };
@@ -82,6 +83,7 @@ class CompletionExchange : public std::enable_shared_from_this<CompletionExchang
         chat_(request.endpoint == CompletionEndpoint::kChatCompletions),
         stream_(request.stream),
         include_usage_(request.include_usage),
+        continuous_usage_(request.include_usage && request.continuous_usage),
         trace_mode_(request.trace_mode),
         top_logprobs_(request.logprobs),
         identity_(std::move(identity)),
@@ -156,6 +158,7 @@ class CompletionExchange : public std::enable_shared_from_this<CompletionExchang
     bool delta_is_reasoning = false;
     bool has_delta = false;
     for (const OutputPiece& piece : pieces) {
+      choice.streamed_tokens += std::ssize(piece.token_ids);
       const bool reasoning = IsReasoning(piece.section);
       if (has_delta && reasoning != delta_is_reasoning) {
         EmitDeltaLocked(choice, std::move(delta));
@@ -184,8 +187,7 @@ class CompletionExchange : public std::enable_shared_from_this<CompletionExchang
       last.logprobs_requested = top_logprobs_.has_value();
       last.text_offset = choice.text_length;
       last.finish_reason = reason;
-      EmitLocked(CompletionChunkJson(identity_, last, !choice.first_chunk_sent, include_usage_));
-      choice.first_chunk_sent = true;
+      EmitChunkLocked(choice, last);
     } else {
       choice.result.finish_reason = reason;
     }
@@ -229,7 +231,18 @@ class CompletionExchange : public std::enable_shared_from_this<CompletionExchang
     delta.logprobs_requested = top_logprobs_.has_value();
     delta.text_offset = choice.text_length;
     choice.text_length += static_cast<int64_t>(delta.content.size());
-    EmitLocked(CompletionChunkJson(identity_, delta, !choice.first_chunk_sent, include_usage_));
+    EmitChunkLocked(choice, delta);
+  }
+
+  void EmitChunkLocked(ChoiceState& choice, const ChoiceResult& piece) {
+    std::optional<CompletionUsage> running;
+    if (continuous_usage_) {
+      running.emplace();
+      for (const int64_t tokens : prompt_tokens_) running->prompt_tokens += tokens;
+      for (const ChoiceState& each : choices_) running->completion_tokens += each.streamed_tokens;
+    }
+    EmitLocked(CompletionChunkJson(identity_, piece, !choice.first_chunk_sent, include_usage_,
+                                   running.has_value() ? &*running : nullptr));
     choice.first_chunk_sent = true;
   }
 
@@ -308,6 +321,7 @@ class CompletionExchange : public std::enable_shared_from_this<CompletionExchang
   const bool chat_;
   const bool stream_;
   const bool include_usage_;
+  const bool continuous_usage_;
   const TraceMode trace_mode_;
   const std::optional<int32_t> top_logprobs_;  // unset: no logprobs
   const CompletionIdentity identity_;

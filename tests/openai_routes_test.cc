@@ -206,6 +206,31 @@ TEST_F(OpenAiRoutesTest, ChatStreamAndNonStreamGiveTheSameAnswer) {
   EXPECT_EQ(streamed_usage, whole_usage);
 }
 
+// vLLM's stream_options.continuous_usage_stats (what guidellm sends): every chunk carries the
+// usage so far, completion tokens never decreasing, ending at the final usage chunk's count.
+TEST_F(OpenAiRoutesTest, ContinuousUsageStatsCountTokensSoFar) {
+  Json body = ChatBody(16);
+  body["stream"] = true;
+  body["stream_options"] = {{"include_usage", true}, {"continuous_usage_stats", true}};
+  body["ignore_eos"] = true;
+  const std::vector<Json> events = Events(Post("/v1/chat/completions", body));
+  ASSERT_GE(events.size(), 3u);
+  const Json& final_usage = events.back()["usage"];
+  int64_t previous = 0;
+  for (size_t index = 0; index + 1 < events.size(); ++index) {
+    const Json& usage = events[index]["usage"];
+    ASSERT_TRUE(usage.is_object()) << events[index];
+    EXPECT_EQ(usage["prompt_tokens"], final_usage["prompt_tokens"]);
+    const int64_t completion = usage["completion_tokens"].get<int64_t>();
+    EXPECT_GE(completion, previous);
+    EXPECT_EQ(usage["total_tokens"].get<int64_t>(),
+              usage["prompt_tokens"].get<int64_t>() + completion);
+    previous = completion;
+  }
+  EXPECT_EQ(previous, 16);
+  EXPECT_EQ(final_usage["completion_tokens"], 16);
+}
+
 TEST_F(OpenAiRoutesTest, ChatEqualsCompletionOfTheRenderedPrompt) {
   const HttpReply chat = Post("/v1/chat/completions", ChatBody(12));
   ASSERT_EQ(chat.status, 200) << chat.body;
