@@ -1,17 +1,23 @@
-// `reflect serve --model DIR [--replicas N] [--grpc_port 50051] [--http_port 8000]`: the embedded
-// cluster of DESIGN §1 on one machine — N reflect-worker replicas and one reflect-router, all on
-// loopback (the router's public ports on --host), supervised by this process.
+// `reflect serve --model DIR [--replicas N] [--tp T] [--pp P] [--grpc_port 50051]
+// [--http_port 8000]`: the embedded cluster of DESIGN §1 on one machine — N replicas of T × P
+// reflect-worker ranks each and one reflect-router, all on loopback (the router's public ports on
+// --host), supervised by this process.
 //
 // Start-up: each replica gets a fixed loopback port (picked free at start and kept across
 // restarts, so the router's replica list stays valid), then the router starts with those
 // addresses. Serve prints the public addresses and ready-to-paste examples once the router
 // reports a replica in rotation (/readyz).
 //
+// Replica groups (T × P > 1): rank 0 of each replica listens on the port the router uses and
+// serves the rendezvous on a loopback port of the replica's own; ranks 1… join it there.
+//
 // Supervision: a child that exits is reported on stderr and restarted with the same flags, after
 // a back-off that doubles from 1 s to 30 s while it keeps dying young (under 60 s) and resets once
-// it has lived longer. Ctrl-C / SIGTERM: the router is stopped first (it stops accepting and
-// finishes in-flight streams), then the replicas (they drain too); after 30 s anything left is
-// killed. Children's stdout and stderr pass through, stdout prefixed with the child's name.
+// it has lived longer. A replica group is one unit: when any of its ranks exits, the others are
+// killed and all its ranks restart together. Ctrl-C / SIGTERM: the router is stopped first (it
+// stops accepting and finishes in-flight streams), then each replica's rank 0 (it drains, then
+// stops its followers); after 30 s anything left is killed. Children's stdout and stderr pass
+// through, stdout prefixed with the child's name.
 //
 // Exit codes: 0 after a clean stop, 2 bad flags, 1 when a child cannot be started at all.
 #include <arpa/inet.h>
@@ -44,6 +50,8 @@
 #include "tools/reflect/serve_examples.h"
 
 ABSL_FLAG(int32_t, replicas, 1, "serve: model replicas (reflect-worker processes)");
+ABSL_FLAG(int32_t, tp, 1, "serve: tensor-parallel ranks per replica (processes)");
+ABSL_FLAG(int32_t, pp, 1, "serve: pipeline-parallel stages per replica (processes)");
 ABSL_FLAG(std::string, host, "127.0.0.1", "serve: address of the router's public ports");
 ABSL_FLAG(int32_t, grpc_port, 50051, "serve: public gRPC port (reflect.v1); 0: any free port");
 ABSL_FLAG(int32_t, http_port, 8000, "serve: OpenAI-compatible HTTP port; 0: any free port");
@@ -101,6 +109,9 @@ struct Child {
   absl::Time started = absl::InfinitePast();
   absl::Duration backoff = absl::Seconds(1);
   absl::Time restart_at = absl::InfinitePast();  // while dead: when to start it again
+  int group = -1;                 // the replica whose group this rank belongs to; -1: the router
+  int rank = 0;                   // its rank in the group; 0 gets SIGTERM at stop
+  bool killed_for_group = false;  // killed because another rank of its group exited
   std::thread output_forwarder;
 };
 
@@ -184,13 +195,19 @@ bool WaitForReady(const std::string& host, int http_port, absl::Duration timeout
   return false;
 }
 
-// Handles exited children: reports each and schedules its restart.
+// Handles exited children: reports each and schedules its restart; for a rank of a replica
+// group, kills the group's other ranks and schedules them with it.
 void ReapChildren(std::vector<Child>& children) {
   for (int status = 0;;) {
     const pid_t pid = waitpid(-1, &status, WNOHANG);
     if (pid <= 0) return;
     for (Child& child : children) {
       if (child.pid != pid) continue;
+      child.pid = -1;
+      if (child.killed_for_group) {
+        child.killed_for_group = false;
+        continue;
+      }
       const std::string how = WIFEXITED(status)
                                   ? absl::StrCat("exited with code ", WEXITSTATUS(status))
                                   : absl::StrCat("was killed by signal ", WTERMSIG(status));
@@ -199,10 +216,41 @@ void ReapChildren(std::vector<Child>& children) {
       // young.
       if (lived > absl::Seconds(60)) child.backoff = absl::Seconds(1);
       child.restart_at = absl::Now() + child.backoff;
-      std::fprintf(stderr, "reflect serve: %s (pid %d) %s; restarting in %s\n", child.name.c_str(),
-                   pid, how.c_str(), absl::FormatDuration(child.backoff).c_str());
+      std::fprintf(stderr, "reflect serve: %s (pid %d) %s; restarting %s in %s\n",
+                   child.name.c_str(), pid, how.c_str(),
+                   child.group < 0 ? "it" : "its replica's every rank",
+                   absl::FormatDuration(child.backoff).c_str());
       child.backoff = std::min(child.backoff * 2, absl::Seconds(30));
-      child.pid = -1;
+      if (child.group < 0) continue;
+      for (Child& other : children) {
+        if (other.group != child.group || &other == &child) continue;
+        other.restart_at = child.restart_at;
+        if (other.pid > 0) {
+          kill(other.pid, SIGKILL);
+          other.killed_for_group = true;
+        }
+      }
+    }
+  }
+}
+
+// Starts every dead child whose restart time has come; a replica group's ranks only all
+// together, once none of them runs.
+void RestartChildren(std::vector<Child>& children) {
+  for (Child& child : children) {
+    if (child.pid >= 0 || absl::Now() < child.restart_at || stop_requested) continue;
+    if (child.group < 0) {
+      if (!StartChild(child)) child.restart_at = absl::Now() + child.backoff;
+      continue;
+    }
+    const bool group_down = std::none_of(children.begin(), children.end(), [&](const Child& c) {
+      return c.group == child.group && c.pid >= 0;
+    });
+    if (!group_down) continue;
+    for (Child& member : children) {
+      if (member.group == child.group && !StartChild(member)) {
+        member.restart_at = absl::Now() + member.backoff;
+      }
     }
   }
 }
@@ -226,8 +274,9 @@ void StopAll(std::vector<Child>& children) {
   const size_t router = children.size() - 1;  // the router is started last
   if (children[router].pid > 0) kill(children[router].pid, SIGTERM);
   wait_for(router, router + 1, absl::Seconds(30));
+  // Followers are stopped by their rank 0 once it has drained.
   for (size_t index = 0; index < router; ++index) {
-    if (children[index].pid > 0) kill(children[index].pid, SIGTERM);
+    if (children[index].pid > 0 && children[index].rank == 0) kill(children[index].pid, SIGTERM);
   }
   wait_for(0, router, absl::Seconds(30));
   for (Child& child : children) {
@@ -242,15 +291,42 @@ void StopAll(std::vector<Child>& children) {
   }
 }
 
+// The flags of every rank of replica `index` (rank 0 listens on `port`; the others ignore it).
+std::vector<std::string> WorkerArguments(const std::string& worker, const std::string& model,
+                                         int port, int index, int threads,
+                                         const std::string& served_model_name) {
+  return {worker,
+          "--model",
+          model,
+          "--host",
+          "127.0.0.1",
+          "--port",
+          absl::StrCat(port),
+          "--replica_id",
+          absl::StrCat("replica-", index),
+          "--threads",
+          absl::StrCat(threads),
+          "--kv_cache_gib",
+          absl::StrCat(absl::GetFlag(FLAGS_kv_cache_gib)),
+          "--metrics_port",
+          absl::StrCat(FreeLoopbackPort()),
+          "--served_model_name",
+          served_model_name};
+}
+
 int Run(const std::vector<char*>& positional) {
   const std::string model = absl::GetFlag(FLAGS_model);
   const int replicas = absl::GetFlag(FLAGS_replicas);
-  if (model.empty() || !positional.empty() || replicas < 1 || replicas > 64) {
+  const int tp = absl::GetFlag(FLAGS_tp);
+  const int pp = absl::GetFlag(FLAGS_pp);
+  if (model.empty() || !positional.empty() || replicas < 1 || replicas > 64 || tp < 1 || pp < 1 ||
+      tp * pp > 64) {
     std::fprintf(stderr,
-                 "usage: reflect serve --model DIR [--replicas N (1-64)] [--grpc_port P] "
-                 "[--http_port P]\n");
+                 "usage: reflect serve --model DIR [--replicas N (1-64)] [--tp T] [--pp P] "
+                 "(T × P ranks per replica, at most 64) [--grpc_port P] [--http_port P]\n");
     return 2;
   }
+  const int ranks = tp * pp;
   if (!std::filesystem::exists(std::filesystem::path(model) / "config.json")) {
     std::fprintf(stderr, "reflect serve: %s has no config.json\n", model.c_str());
     return 2;
@@ -267,33 +343,29 @@ int Run(const std::vector<char*>& positional) {
   if (served_model_name.empty()) served_model_name = DefaultServedModelName(model);
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int threads = absl::GetFlag(FLAGS_threads) > 0 ? absl::GetFlag(FLAGS_threads)
-                                                       : std::max(1, cores / replicas);
+                                                       : std::max(1, cores / (replicas * ranks));
 
-  std::vector<Child> children(static_cast<size_t>(replicas) + 1);
+  std::vector<Child> children(static_cast<size_t>(replicas * ranks) + 1);
   std::vector<std::string> replica_addresses;
   for (int index = 0; index < replicas; ++index) {
     const int port = FreeLoopbackPort();
     const std::string address = absl::StrCat("127.0.0.1:", port);
     replica_addresses.push_back(address);
-    Child& child = children[static_cast<size_t>(index)];
-    child.name = absl::StrCat("replica-", index);
-    child.arguments = {worker,
-                       "--model",
-                       model,
-                       "--host",
-                       "127.0.0.1",
-                       "--port",
-                       absl::StrCat(port),
-                       "--replica_id",
-                       absl::StrCat("replica-", index),
-                       "--threads",
-                       absl::StrCat(threads),
-                       "--kv_cache_gib",
-                       absl::StrCat(absl::GetFlag(FLAGS_kv_cache_gib)),
-                       "--metrics_port",
-                       absl::StrCat(FreeLoopbackPort()),
-                       "--served_model_name",
-                       served_model_name};
+    const std::string leader_address = absl::StrCat("127.0.0.1:", FreeLoopbackPort());
+    for (int rank = 0; rank < ranks; ++rank) {
+      Child& child = children[static_cast<size_t>(index * ranks + rank)];
+      child.name = rank == 0 ? absl::StrCat("replica-", index)
+                             : absl::StrCat("replica-", index, "-rank-", rank);
+      child.group = ranks > 1 ? index : -1;
+      child.rank = rank;
+      child.arguments = WorkerArguments(worker, model, port, index, threads, served_model_name);
+      if (ranks > 1) {
+        child.arguments.insert(
+            child.arguments.end(),
+            {"--tensor_parallel", absl::StrCat(tp), "--pipeline_parallel", absl::StrCat(pp),
+             "--rank", absl::StrCat(rank), "--leader_address", leader_address});
+      }
+    }
   }
   std::vector<std::string> router_arguments = {router,
                                                "--model",
@@ -330,16 +402,14 @@ int Run(const std::vector<char*>& positional) {
     std::printf(
         "%s",
         ServeExamples(absl::GetFlag(FLAGS_host), grpc_port, http_port, served_model_name).c_str());
+    std::printf("%d replica(s) of %d rank(s) (tp %d × pp %d), %d engine thread(s) per rank\n",
+                replicas, ranks, tp, pp, threads);
     std::printf("ready after %.1f s\n", absl::ToDoubleSeconds(absl::Now() - started));
     std::fflush(stdout);
   }
   while (!stop_requested) {
     ReapChildren(children);
-    for (Child& child : children) {
-      if (child.pid < 0 && absl::Now() >= child.restart_at && !stop_requested) {
-        if (!StartChild(child)) child.restart_at = absl::Now() + child.backoff;
-      }
-    }
+    RestartChildren(children);
     absl::SleepFor(absl::Milliseconds(100));
   }
   std::fprintf(stderr, "reflect serve: stopping\n");

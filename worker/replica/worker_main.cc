@@ -8,6 +8,12 @@
 // NOT_SERVING, stop admitting (UNAVAILABLE "draining"), finish every in-flight request, shut the
 // server down, exit 0. Signals are blocked in every thread and taken by sigwait in main, so no
 // handler runs in signal context.
+//
+// Replica groups (--tensor_parallel × --pipeline_parallel > 1, replica_group_startup.h): rank 0
+// does all of the above, with its backend driving the group; it exits 3 as soon as a rank is lost.
+// Ranks above 0 serve nothing: they run the leader's steps and exit 0 when it stops them.
+
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -33,6 +39,8 @@
 #include "prometheus/exposer.h"
 #include "worker/cpu/cpu_backend.h"
 #include "worker/engine_loop.h"
+#include "worker/parallel/parallel_config.h"
+#include "worker/replica/replica_group_startup.h"
 #include "worker/replica/replica_metrics.h"
 #include "worker/replica/replica_service.h"
 
@@ -57,6 +65,22 @@ ABSL_FLAG(bool, enable_prefix_caching, true,
 ABSL_FLAG(int64_t, max_waiting_requests, 1024, "Queued requests beyond which new ones get 429");
 ABSL_FLAG(int64_t, max_waiting_tokens, 4 << 20,
           "Prompt + max_tokens of the queued requests together beyond which new ones get 429");
+
+ABSL_FLAG(int32_t, tensor_parallel, 1, "Ranks splitting each layer (tensor parallelism)");
+ABSL_FLAG(int32_t, pipeline_parallel, 1, "Stages splitting the layers (pipeline parallelism)");
+ABSL_FLAG(int32_t, rank, -1,
+          "This process's rank in its replica group; -1: from the LeaderWorkerSet environment, "
+          "else 0");
+ABSL_FLAG(std::string, leader_address, "",
+          "host:port of rank 0's rendezvous (with --rank; rank 0 listens on that port)");
+ABSL_FLAG(int32_t, rendezvous_port, 29500, "Rank 0's rendezvous port under a LeaderWorkerSet");
+ABSL_FLAG(int32_t, ranks_per_pod, 1, "Ranks (processes) per LeaderWorkerSet pod");
+ABSL_FLAG(int32_t, local_rank, 0, "This process among its pod's ranks");
+ABSL_FLAG(std::string, tensor_kind, "gloo",
+          "Communicator of the tensor-parallel groups: gloo|nccl");
+ABSL_FLAG(int32_t, join_timeout_seconds, 60, "Time for every rank to join the replica group");
+ABSL_FLAG(std::string, advertise_host, "",
+          "Address the other ranks reach this one at; empty: POD_IP, else --host");
 
 namespace reflect {
 namespace {
@@ -102,6 +126,40 @@ void SetServing(grpc::Server& server, bool serving) {
   health->SetServingStatus("", serving);
 }
 
+// Rank 0 of a replica group: waits for the followers and returns its backend. A rank lost from
+// then on ends this process at once (exit 3, replica_group_startup.h says why).
+absl::StatusOr<std::unique_ptr<Backend>> StartGroupLeader(
+    const ParallelConfig& config, const ReplicaGroupOptions& options, grpc::Server& server,
+    std::unique_ptr<ReplicaGroupLeader>& group) {
+  absl::StatusOr<std::unique_ptr<ReplicaGroupLeader>> started =
+      ReplicaGroupLeader::Start(config, options, [&server](int rank, const std::string& reason) {
+        std::fprintf(stderr, "reflect-worker: rank %d lost: %s\n", rank, reason.c_str());
+        SetServing(server, false);
+        std::fflush(nullptr);
+        _exit(kGroupBrokenExitCode);
+      });
+  if (!started.ok()) {
+    return absl::Status(started.status().code(),
+                        absl::StrCat("replica group: ", started.status().message()));
+  }
+  group = std::move(*started);
+  return group->TakeBackend();
+}
+
+absl::StatusOr<ParallelConfig> ParallelConfigFromFlags() {
+  ParallelFlags flags;
+  flags.tensor_parallel = absl::GetFlag(FLAGS_tensor_parallel);
+  flags.pipeline_parallel = absl::GetFlag(FLAGS_pipeline_parallel);
+  flags.rank = absl::GetFlag(FLAGS_rank);
+  flags.leader_address = absl::GetFlag(FLAGS_leader_address);
+  flags.rendezvous_port = absl::GetFlag(FLAGS_rendezvous_port);
+  flags.ranks_per_pod = absl::GetFlag(FLAGS_ranks_per_pod);
+  flags.local_rank = absl::GetFlag(FLAGS_local_rank);
+  flags.tensor_communicator = absl::GetFlag(FLAGS_tensor_kind);
+  flags.join_timeout = absl::Seconds(absl::GetFlag(FLAGS_join_timeout_seconds));
+  return ResolveParallelConfig(flags, ProcessEnvironment);
+}
+
 int Serve() {
   const std::string model_dir = absl::GetFlag(FLAGS_model);
   if (model_dir.empty()) {
@@ -114,9 +172,36 @@ int Serve() {
     return 1;
   }
 
+  absl::StatusOr<ParallelConfig> parallel = ParallelConfigFromFlags();
+  const std::string host = absl::GetFlag(FLAGS_host);
+  ReplicaGroupOptions group_options;
+  if (parallel.ok() && parallel->layout.world_size() > 1) {
+    absl::StatusOr<std::string> advertise_host =
+        ResolveAdvertiseHost(absl::GetFlag(FLAGS_advertise_host), host, ProcessEnvironment);
+    if (!advertise_host.ok()) parallel = advertise_host.status();
+    if (advertise_host.ok()) group_options.advertise_host = *advertise_host;
+  }
+  if (!parallel.ok()) {
+    std::fprintf(stderr, "reflect-worker: %s\n", parallel.status().ToString().c_str());
+    return 2;
+  }
+  group_options.model_dir = model_dir;
+  group_options.model = model_config->model;
+  group_options.listen_host = host;
+  CpuBackendOptions& backend_options = group_options.backend;
+  backend_options.block_size = absl::GetFlag(FLAGS_block_size);
+  backend_options.num_threads = absl::GetFlag(FLAGS_threads);
+  backend_options.num_kv_blocks = absl::GetFlag(FLAGS_num_kv_blocks);
+  if (backend_options.num_kv_blocks == 0) {
+    backend_options.num_kv_blocks = BlocksForGib(model_config->model, backend_options.block_size,
+                                                 absl::GetFlag(FLAGS_kv_cache_gib));
+  }
+  backend_options.num_host_blocks = BlocksForGib(model_config->model, backend_options.block_size,
+                                                 absl::GetFlag(FLAGS_swap_space_gib));
+  if (!parallel->layout.is_leader()) return RunFollowerRank(*parallel, group_options);
+
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  const std::string host = absl::GetFlag(FLAGS_host);
   int selected_port = 0;
   std::string served_model_name = absl::GetFlag(FLAGS_served_model_name);
   if (served_model_name.empty()) served_model_name = DefaultServedModelName(model_dir);
@@ -153,17 +238,11 @@ int Serve() {
     }
   }
 
-  CpuBackendOptions backend_options;
-  backend_options.block_size = absl::GetFlag(FLAGS_block_size);
-  backend_options.num_threads = absl::GetFlag(FLAGS_threads);
-  backend_options.num_kv_blocks = absl::GetFlag(FLAGS_num_kv_blocks);
-  if (backend_options.num_kv_blocks == 0) {
-    backend_options.num_kv_blocks = BlocksForGib(model_config->model, backend_options.block_size,
-                                                 absl::GetFlag(FLAGS_kv_cache_gib));
-  }
-  backend_options.num_host_blocks = BlocksForGib(model_config->model, backend_options.block_size,
-                                                 absl::GetFlag(FLAGS_swap_space_gib));
-  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCpuBackend(model_dir, backend_options);
+  std::unique_ptr<ReplicaGroupLeader> group;
+  absl::StatusOr<std::unique_ptr<Backend>> backend =
+      parallel->layout.world_size() == 1
+          ? CreateCpuBackend(model_dir, group_options.backend)
+          : StartGroupLeader(*parallel, group_options, *server, group);
   if (!backend.ok()) {
     std::fprintf(stderr, "reflect-worker: %s\n", backend.status().ToString().c_str());
     server->Shutdown();
@@ -203,6 +282,7 @@ int Serve() {
   // In-flight streams have their last events; give them time to write them, then close.
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(10));
   (*engine)->Stop();
+  if (group != nullptr) group->Stop();  // the followers exit 0
   metrics.AttachEngine(nullptr);
   std::fprintf(stderr, "reflect-worker: drained, exiting\n");
   return 0;
