@@ -1,4 +1,5 @@
-// `reflect bench --model DIR [--batch_sizes 1,8,32] [--prompt_tokens 128] [--decode_tokens 32]`:
+// `reflect bench --model DIR [--batch_sizes 1,8,32] [--prompt_tokens 128] [--decode_tokens 32]
+//  [--tensor_parallel 1] [--pipeline_parallel 1]`:
 // CPU backend throughput, driving Backend::Forward with plain StepPlans.
 //
 //   prefill: one prompt of --prompt_tokens tokens in one forward pass; tokens/s = N / time
@@ -6,6 +7,11 @@
 //   decode:  for each batch size B, B sequences with prompts of --prompt_tokens tokens (prefilled
 //            untimed), one warm-up step, then --decode_tokens steps of B one-token decodes;
 //            tokens/s = B x steps / time. Model forward only: sampling is not timed.
+//
+// With --tensor_parallel / --pipeline_parallel above 1, the ranks of a TP × PP replica are threads
+// of this process (bench_group.h), each with --threads / ranks threads, and rank 0's backend is
+// driven as above; each decode batch size also reports the share of the timed steps' forward time
+// rank 0 spent in all-reduces (and, with PP, waiting on the pipeline).
 //
 // Token ids are random with a fixed seed, so runs are comparable. Prints a table, or with
 // --json one JSON object. Exit codes: 0 done, 2 bad flags or model, 1 a failure while running.
@@ -16,6 +22,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/declare.h"
@@ -30,13 +37,18 @@
 #include "kvcache/block_allocator.h"
 #include "nlohmann/json.hpp"
 #include "scheduler/step_plan.h"
+#include "tools/reflect/bench_group.h"
 #include "tools/reflect/command.h"
 #include "tools/reflect/common_flags.h"
 #include "worker/cpu/cpu_backend.h"
+#include "worker/parallel/parallel_backend.h"
 
 ABSL_FLAG(std::string, batch_sizes, "1,8,32", "bench: decode batch sizes, comma separated");
 ABSL_FLAG(int64_t, prompt_tokens, 128, "bench: prompt length for prefill and before decoding");
 ABSL_FLAG(int64_t, decode_tokens, 32, "bench: timed decode steps per batch size");
+ABSL_FLAG(int32_t, tensor_parallel, 1, "bench: tensor-parallel ranks (threads of this process)");
+ABSL_FLAG(int32_t, pipeline_parallel, 1,
+          "bench: pipeline-parallel stages (threads of this process)");
 ABSL_DECLARE_FLAG(bool, json);  // defined with the generate command
 
 namespace reflect::cli {
@@ -58,11 +70,14 @@ struct BenchSequence {
   int64_t num_cached_tokens = 0;
 };
 
-// Runs the backend over hand-built plans, taking blocks from a BlockAllocator sized to it.
+// Runs the backend over hand-built plans, taking blocks from a BlockAllocator sized to it. When
+// the backend is a ParallelBackend, also sums its last_step_stats() over the steps since
+// ResetStepStats().
 class BenchDriver {
  public:
   BenchDriver(Backend& backend, uint64_t seed)
       : backend_(backend),
+        parallel_(dynamic_cast<const ParallelBackend*>(&backend)),
         allocator_(static_cast<int32_t>(backend.num_kv_blocks())),
         random_(seed),
         token_distribution_(0, static_cast<int32_t>(backend.vocab_size() - 1)) {}
@@ -98,11 +113,24 @@ class BenchDriver {
       scheduled.needs_logits = true;
       sequence.num_cached_tokens += num_tokens;
     }
-    return backend_.Forward(plan, logits_);
+    REFLECT_RETURN_IF_ERROR(backend_.Forward(plan, logits_));
+    if (parallel_ != nullptr) {
+      const ParallelStepStats stats = parallel_->last_step_stats();
+      step_stats_.forward_seconds += stats.forward_seconds;
+      step_stats_.allreduce_seconds += stats.allreduce_seconds;
+      step_stats_.pipeline_wait_seconds += stats.pipeline_wait_seconds;
+    }
+    return absl::OkStatus();
   }
+
+  bool is_parallel() const { return parallel_ != nullptr; }
+  void ResetStepStats() { step_stats_ = {}; }
+  const ParallelStepStats& step_stats() const { return step_stats_; }
 
  private:
   Backend& backend_;
+  const ParallelBackend* parallel_;  // null for a single-rank backend
+  ParallelStepStats step_stats_;
   BlockAllocator allocator_;
   std::mt19937_64 random_;
   std::uniform_int_distribution<int32_t> token_distribution_;
@@ -113,6 +141,9 @@ struct DecodeFigures {
   int64_t batch_size = 0;
   double tokens_per_second = 0.0;
   double seconds_per_step = 0.0;
+  // Parallel backends only: shares of rank 0's forward time over the timed steps.
+  double allreduce_share = 0.0;
+  double pipeline_wait_share = 0.0;
 };
 
 absl::StatusOr<double> MeasurePrefill(BenchDriver& driver, int64_t prompt_tokens) {
@@ -147,6 +178,7 @@ absl::StatusOr<DecodeFigures> MeasureDecode(BenchDriver& driver, int64_t batch_s
   }
   DecodeFigures figures{.batch_size = batch_size};
   if (status.ok()) status = driver.Step(batch, 1);  // warm-up
+  driver.ResetStepStats();
   const Clock::time_point start = Clock::now();
   for (int64_t step = 0; step < decode_tokens && status.ok(); ++step)
     status = driver.Step(batch, 1);
@@ -155,6 +187,11 @@ absl::StatusOr<DecodeFigures> MeasureDecode(BenchDriver& driver, int64_t batch_s
   REFLECT_RETURN_IF_ERROR(status);
   figures.seconds_per_step = elapsed / static_cast<double>(decode_tokens);
   figures.tokens_per_second = static_cast<double>(batch_size * decode_tokens) / elapsed;
+  const ParallelStepStats& stats = driver.step_stats();
+  if (stats.forward_seconds > 0.0) {
+    figures.allreduce_share = stats.allreduce_seconds / stats.forward_seconds;
+    figures.pipeline_wait_share = stats.pipeline_wait_seconds / stats.forward_seconds;
+  }
   return figures;
 }
 
@@ -184,6 +221,12 @@ int RunBench(const std::vector<char*>& positional_args) {
     }
     batch_sizes.push_back(batch_size);
   }
+  const int tensor_parallel = absl::GetFlag(FLAGS_tensor_parallel);
+  const int pipeline_parallel = absl::GetFlag(FLAGS_pipeline_parallel);
+  if (tensor_parallel < 1 || pipeline_parallel < 1) {
+    return Fail("--tensor_parallel and --pipeline_parallel must be at least 1", kBadInput);
+  }
+  const int world_size = tensor_parallel * pipeline_parallel;
   const absl::StatusOr<ModelDirectoryConfig> config = LoadModelConfig(model);
   if (!config.ok()) return Fail(config.status().ToString(), kBadInput);
   const int64_t max_length = prompt_tokens + decode_tokens + 1;
@@ -196,13 +239,34 @@ int RunBench(const std::vector<char*>& positional_args) {
 
   CpuBackendOptions options;
   options.num_threads = absl::GetFlag(FLAGS_threads);
+  if (world_size > 1) {
+    const int threads = options.num_threads > 0
+                            ? options.num_threads
+                            : static_cast<int>(std::thread::hardware_concurrency());
+    options.num_threads = std::max(1, threads / world_size);
+  }
   const int64_t blocks_per_sequence = (max_length + options.block_size - 1) / options.block_size;
   options.num_kv_blocks =
       blocks_per_sequence *
       std::max<int64_t>(1, *std::max_element(batch_sizes.begin(), batch_sizes.end()));
-  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCpuBackend(model, options);
-  if (!backend.ok()) return Fail(backend.status().ToString(), kFailure);
-  BenchDriver driver(**backend, kTokenSeed);
+  std::unique_ptr<Backend> single_rank;
+  std::unique_ptr<BenchReplica> replica;  // world_size > 1; outlives the driver
+  if (world_size == 1) {
+    absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCpuBackend(model, options);
+    if (!backend.ok()) return Fail(backend.status().ToString(), kFailure);
+    single_rank = *std::move(backend);
+  } else {
+    absl::StatusOr<std::unique_ptr<BenchReplica>> started =
+        BenchReplica::Start(model, config->model, tensor_parallel, pipeline_parallel, options);
+    if (!started.ok()) {
+      return Fail(
+          absl::StrCat("--tensor_parallel ", tensor_parallel, " --pipeline_parallel ",
+                       pipeline_parallel, ": ", started.status().ToString()),
+          started.status().code() == absl::StatusCode::kInvalidArgument ? kBadInput : kFailure);
+    }
+    replica = *std::move(started);
+  }
+  BenchDriver driver(world_size == 1 ? *single_rank : replica->backend(), kTokenSeed);
 
   const absl::StatusOr<double> prefill = MeasurePrefill(driver, prompt_tokens);
   if (!prefill.ok()) return Fail(prefill.status().ToString(), kFailure);
@@ -213,35 +277,57 @@ int RunBench(const std::vector<char*>& positional_args) {
     if (!figures.ok()) return Fail(figures.status().ToString(), kFailure);
     decodes.push_back(*figures);
   }
+  if (replica != nullptr) {
+    const absl::Status stopped = replica->Stop();
+    if (!stopped.ok()) return Fail(stopped.ToString(), kFailure);
+  }
 
   const ModelConfig& shape = config->model;
   if (absl::GetFlag(FLAGS_json)) {
     nlohmann::json decode_json = nlohmann::json::array();
     for (const DecodeFigures& figures : decodes) {
-      decode_json.push_back({{"batch_size", figures.batch_size},
-                             {"tokens_per_second", figures.tokens_per_second},
-                             {"seconds_per_step", figures.seconds_per_step}});
+      nlohmann::json entry = {{"batch_size", figures.batch_size},
+                              {"tokens_per_second", figures.tokens_per_second},
+                              {"seconds_per_step", figures.seconds_per_step}};
+      if (world_size > 1) entry["allreduce_share"] = figures.allreduce_share;
+      if (pipeline_parallel > 1) entry["pipeline_wait_share"] = figures.pipeline_wait_share;
+      decode_json.push_back(std::move(entry));
     }
-    const nlohmann::json report = {{"model", model},
-                                   {"num_hidden_layers", shape.num_hidden_layers},
-                                   {"hidden_size", shape.hidden_size},
-                                   {"vocab_size", shape.vocab_size},
-                                   {"prompt_tokens", prompt_tokens},
-                                   {"decode_tokens", decode_tokens},
-                                   {"prefill_tokens_per_second", *prefill},
-                                   {"decode", decode_json}};
+    nlohmann::json report = {{"model", model},
+                             {"num_hidden_layers", shape.num_hidden_layers},
+                             {"hidden_size", shape.hidden_size},
+                             {"vocab_size", shape.vocab_size},
+                             {"prompt_tokens", prompt_tokens},
+                             {"decode_tokens", decode_tokens},
+                             {"prefill_tokens_per_second", *prefill},
+                             {"decode", decode_json}};
+    if (world_size > 1) {
+      report["tensor_parallel"] = tensor_parallel;
+      report["pipeline_parallel"] = pipeline_parallel;
+      report["threads_per_rank"] = options.num_threads;
+    }
     std::printf("%s\n", report.dump().c_str());
     return 0;
   }
   std::printf("model %s: %lld layers, hidden %lld, vocab %lld\n", model.c_str(),
               static_cast<long long>(shape.num_hidden_layers),
               static_cast<long long>(shape.hidden_size), static_cast<long long>(shape.vocab_size));
+  if (world_size > 1) {
+    std::printf("replica: tensor parallel %d x pipeline parallel %d, %d threads per rank\n",
+                tensor_parallel, pipeline_parallel, options.num_threads);
+  }
   std::printf("prefill  %lld tokens: %10.1f tokens/s\n", static_cast<long long>(prompt_tokens),
               *prefill);
-  std::printf("%-8s %14s %12s\n", "batch", "decode tok/s", "ms/step");
+  std::printf("%-8s %14s %12s", "batch", "decode tok/s", "ms/step");
+  if (world_size > 1) std::printf(" %12s", "allreduce %");
+  if (pipeline_parallel > 1) std::printf(" %10s", "pp wait %");
+  std::printf("\n");
   for (const DecodeFigures& figures : decodes) {
-    std::printf("%-8lld %14.1f %12.2f\n", static_cast<long long>(figures.batch_size),
+    std::printf("%-8lld %14.1f %12.2f", static_cast<long long>(figures.batch_size),
                 figures.tokens_per_second, figures.seconds_per_step * 1e3);
+    if (world_size > 1) std::printf(" %12.1f", figures.allreduce_share * 100.0);
+    if (pipeline_parallel > 1) std::printf(" %10.1f", figures.pipeline_wait_share * 100.0);
+    std::printf("\n");
   }
   return 0;
 }
