@@ -40,6 +40,7 @@
 #include "worker/cpu/cpu_backend.h"
 #include "worker/engine_loop.h"
 #include "worker/parallel/parallel_config.h"
+#include "worker/replica/liveness_watch.h"
 #include "worker/replica/replica_group_startup.h"
 #include "worker/replica/replica_metrics.h"
 #include "worker/replica/replica_service.h"
@@ -63,6 +64,9 @@ ABSL_FLAG(std::string, served_model_name, "",
 ABSL_FLAG(bool, enable_prefix_caching, true,
           "Reuse the KV blocks of prompt prefixes computed before (DESIGN §5)");
 ABSL_FLAG(int64_t, max_waiting_requests, 1024, "Queued requests beyond which new ones get 429");
+ABSL_FLAG(double, liveness_timeout_seconds, 60,
+          "grpc.health.v1 service \"liveness\" turns NOT_SERVING when the engine loop has not "
+          "completed an iteration for this long");
 ABSL_FLAG(int64_t, max_waiting_tokens, 4 << 20,
           "Prompt + max_tokens of the queued requests together beyond which new ones get 429");
 
@@ -222,6 +226,8 @@ int Serve() {
     return 1;
   }
   SetServing(*server, false);
+  // Loading weights is alive: the startup probe bounds it; LivenessWatch takes over after.
+  server->GetHealthCheckService()->SetServingStatus(kLivenessService, true);
   std::printf("listening %s:%d\n", host.c_str(), selected_port);
   std::fflush(stdout);
 
@@ -269,6 +275,8 @@ int Serve() {
   if (replica_id.empty()) replica_id = absl::StrCat(host, ":", selected_port);
   service.SetEngine(engine->get(), std::move(replica_id));
   metrics.AttachEngine(engine->get());
+  const LivenessWatch liveness(server->GetHealthCheckService(), engine->get(),
+                               absl::Seconds(absl::GetFlag(FLAGS_liveness_timeout_seconds)));
   SetServing(*server, true);
   std::fprintf(stderr, "reflect-worker: serving %s on %s:%d with %lld KV blocks\n",
                model_dir.c_str(), host.c_str(), selected_port,
