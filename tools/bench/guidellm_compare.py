@@ -24,11 +24,9 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
-import urllib.request
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from router_bench import Server  # noqa: E402  (a child process announcing its addresses)
+from router_bench import Server, wait_router_ready  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -45,20 +43,6 @@ def parse_args():
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--tolerance", type=float, default=0.10)
     return parser.parse_args()
-
-
-def wait_ready(router, timeout=300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://{router.addresses['http']}/readyz",
-                                        timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    sys.exit(f"guidellm_compare: router not ready; log {router.log_path}\n{router.tail()}")
 
 
 def run_guidellm(args, http_address):
@@ -145,7 +129,7 @@ def main():
         f"--replicas={worker.addresses['listening']}", "--host=127.0.0.1", "--grpc_port=0",
         "--http_port=0"], log_dir, ["grpc", "http"])
     try:
-        wait_ready(router)
+        wait_router_ready(router, "guidellm_compare")
         ours = loadtest_figures(run_loadtest(args, router))
         theirs = guidellm_figures(run_guidellm(args, router.addresses["http"]))
     finally:

@@ -272,18 +272,25 @@ def start_router(args, log_dir, replica_address, extra_flags=()):
             "--host=127.0.0.1", "--grpc_port=0", "--http_port=0", *extra_flags,
             *args.router_arg]
     router = Server("router", argv, log_dir, ["grpc", "http"])
-    deadline = time.monotonic() + 120
+    wait_router_ready(router, "router_bench", timeout=120)
+    return router
+
+
+def wait_router_ready(router, program, timeout=300):
+    """Waits for the router's GET /readyz to answer 200 (a replica in rotation); exits naming
+    `program` and showing the router's log when it does not within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
     while True:
         try:
             with urllib.request.urlopen(f"http://{router.addresses['http']}/readyz",
                                         timeout=5) as response:
                 if response.status == 200:
-                    return router
+                    return
         except OSError:
             pass
         if time.monotonic() > deadline or router.process.poll() is not None:
             router.stop()
-            sys.exit(f"router_bench: router never ready; log: {router.log_path}\n{router.tail()}")
+            sys.exit(f"{program}: router never ready; log: {router.log_path}\n{router.tail()}")
         time.sleep(0.2)
 
 

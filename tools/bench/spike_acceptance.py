@@ -35,7 +35,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from router_bench import Server  # noqa: E402  (a child process announcing its addresses)
+from router_bench import Server, wait_router_ready  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "loadtest" / "scenarios" / "playground-launch.json"
@@ -61,20 +61,6 @@ def metric_sum(address, name, label=""):
         if line.startswith(name) and label in line and not line.startswith("#"):
             total += float(line.rsplit(" ", 1)[1])
     return total
-
-
-def wait_ready(router, timeout=300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://{router.addresses['http']}/readyz",
-                                        timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    sys.exit(f"spike_acceptance: router not ready; log {router.log_path}\n{router.tail()}")
 
 
 def run_loadtest(args, router, worker, scenario, name, extra):
@@ -113,7 +99,7 @@ def main():
         "--http_port=0", f"--max_in_flight_requests={args.concurrency}",
         f"--max_queued_requests={args.concurrency}"], log_dir, ["grpc", "http"])
     try:
-        wait_ready(router)
+        wait_router_ready(router, "spike_acceptance")
         capacity_scenario = dict(scenario, name="playground-launch-capacity", mode="closed",
                                  concurrency=args.concurrency,
                                  run_length_seconds=args.capacity_seconds)
