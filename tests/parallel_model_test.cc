@@ -39,6 +39,7 @@
 #include "worker/parallel/in_process_store.h"
 #include "worker/parallel/parallel_backend.h"
 #include "worker/parallel/parallel_rank.h"
+#include "worker/parallel/thread_replica.h"
 
 namespace reflect {
 namespace {
@@ -81,50 +82,6 @@ ParallelLayout Layout(int tp, int pp, int rank) {
   layout.rank = rank;
   return layout;
 }
-
-// A TP × PP replica whose ranks are threads: the leader's backend here, each follower running
-// RunFollower on a thread of its own. The destructor stops the followers and joins them.
-class ThreadReplica {
- public:
-  ThreadReplica(const TestModel& model, int tp, int pp, const CpuBackendOptions& options) {
-    auto store = std::make_shared<InProcessStore>();
-    follower_status_.resize(tp * pp);
-    for (int rank = 1; rank < tp * pp; ++rank) {
-      threads_.emplace_back([this, store, model, tp, pp, rank, options] {
-        absl::StatusOr<ReplicaGroup> group = JoinReplicaGroup(
-            store, Layout(tp, pp, rank), CommunicatorKind::kGloo, TestGlooOptions());
-        follower_status_[rank] =
-            group.ok() ? RunFollower(model.checkpoint, model.config, options, std::move(*group))
-                       : group.status();
-      });
-    }
-    absl::StatusOr<ReplicaGroup> group =
-        JoinReplicaGroup(store, Layout(tp, pp, 0), CommunicatorKind::kGloo, TestGlooOptions());
-    if (!group.ok()) {
-      leader_ = group.status();
-      return;
-    }
-    leader_ = CreateParallelCpuBackend(model.checkpoint, model.config, options, std::move(*group));
-  }
-  ~ThreadReplica() { JoinFollowers(); }
-
-  const absl::StatusOr<std::unique_ptr<ParallelBackend>>& leader() const { return leader_; }
-  std::unique_ptr<ParallelBackend> TakeLeader() { return std::move(*leader_); }
-
-  // Stops the replica (the leader's backend must be gone or is destroyed here) and returns each
-  // follower's status.
-  std::vector<absl::Status> JoinFollowers() {
-    if (leader_.ok()) leader_->reset();
-    for (std::thread& thread : threads_) thread.join();
-    threads_.clear();
-    return {follower_status_.begin() + 1, follower_status_.end()};
-  }
-
- private:
-  absl::StatusOr<std::unique_ptr<ParallelBackend>> leader_;
-  std::vector<absl::Status> follower_status_;
-  std::vector<std::thread> threads_;
-};
 
 // One sequence of the scripted steps: its prompt prefilled in `chunks`, then `decodes` greedy
 // tokens taken from the reference's logits.
@@ -277,7 +234,8 @@ TEST_P(ParallelLogitsTest, MatchTheSingleRankBackend) {
   absl::StatusOr<std::unique_ptr<Backend>> reference =
       CreateCpuBackend(model.checkpoint, model.config, Options());
   ASSERT_TRUE(reference.ok()) << reference.status();
-  ThreadReplica replica(model, replica_case.tp, replica_case.pp, Options());
+  ThreadReplica replica(model.checkpoint, model.config, replica_case.tp, replica_case.pp, Options(),
+                        TestGlooOptions());
   ASSERT_TRUE(replica.leader().ok()) << replica.leader().status();
   const Difference difference = CompareScript(**reference, **replica.leader());
   std::printf(
@@ -371,7 +329,7 @@ TEST(ParallelEngineTest, GreedyTokensEqualTheSingleRankEngine) {
       CreateCpuBackend(model.checkpoint, model.config, options);
   ASSERT_TRUE(single.ok()) << single.status();
   const std::vector<std::vector<int32_t>> expected = Generate(std::move(*single), model.config);
-  ThreadReplica replica(model, 2, 2, options);
+  ThreadReplica replica(model.checkpoint, model.config, 2, 2, options, TestGlooOptions());
   ASSERT_TRUE(replica.leader().ok()) << replica.leader().status();
   const std::vector<std::vector<int32_t>> actual = Generate(replica.TakeLeader(), model.config);
   ASSERT_EQ(actual.size(), expected.size());
@@ -455,7 +413,8 @@ TEST(ModelShardTest, RefusesShardsThatDoNotDivideTheModel) {
 }
 
 TEST(ParallelBackendTest, AShardThatDoesNotDivideTheModelIsInvalidOnEveryRank) {
-  ThreadReplica replica(LoadTestModel("tiny"), 3, 1, Options());  // 8 heads, 2 KV heads
+  const TestModel model = LoadTestModel("tiny");  // 8 heads, 2 KV heads
+  ThreadReplica replica(model.checkpoint, model.config, 3, 1, Options(), TestGlooOptions());
   EXPECT_EQ(replica.leader().status().code(), absl::StatusCode::kInvalidArgument)
       << replica.leader().status();
   for (const absl::Status& status : replica.JoinFollowers()) {

@@ -9,9 +9,9 @@
 //            tokens/s = B x steps / time. Model forward only: sampling is not timed.
 //
 // With --tensor_parallel / --pipeline_parallel above 1, the ranks of a TP × PP replica are threads
-// of this process (bench_group.h), each with --threads / ranks threads, and rank 0's backend is
-// driven as above; each decode batch size also reports the share of the timed steps' forward time
-// rank 0 spent in all-reduces (and, with PP, waiting on the pipeline).
+// of this process (worker/parallel/thread_replica.h), each with --threads / ranks threads, and rank
+// 0's backend is driven as above; each decode batch size also reports the share of the timed steps'
+// forward time rank 0 spent in all-reduces (and, with PP, waiting on the pipeline).
 //
 // Token ids are random with a fixed seed, so runs are comparable. Prints a table, or with
 // --json one JSON object. Exit codes: 0 done, 2 bad flags or model, 1 a failure while running.
@@ -37,11 +37,12 @@
 #include "kvcache/block_allocator.h"
 #include "nlohmann/json.hpp"
 #include "scheduler/step_plan.h"
-#include "tools/reflect/bench_group.h"
 #include "tools/reflect/command.h"
 #include "tools/reflect/common_flags.h"
+#include "worker/checkpoint.h"
 #include "worker/cpu/cpu_backend.h"
 #include "worker/parallel/parallel_backend.h"
+#include "worker/parallel/thread_replica.h"
 
 ABSL_FLAG(std::string, batch_sizes, "1,8,32", "bench: decode batch sizes, comma separated");
 ABSL_FLAG(int64_t, prompt_tokens, 128, "bench: prompt length for prefill and before decoding");
@@ -250,23 +251,25 @@ int RunBench(const std::vector<char*>& positional_args) {
       blocks_per_sequence *
       std::max<int64_t>(1, *std::max_element(batch_sizes.begin(), batch_sizes.end()));
   std::unique_ptr<Backend> single_rank;
-  std::unique_ptr<BenchReplica> replica;  // world_size > 1; outlives the driver
+  std::unique_ptr<ThreadReplica> replica;  // world_size > 1; outlives the driver
   if (world_size == 1) {
     absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCpuBackend(model, options);
     if (!backend.ok()) return Fail(backend.status().ToString(), kFailure);
     single_rank = *std::move(backend);
   } else {
-    absl::StatusOr<std::unique_ptr<BenchReplica>> started =
-        BenchReplica::Start(model, config->model, tensor_parallel, pipeline_parallel, options);
-    if (!started.ok()) {
-      return Fail(
-          absl::StrCat("--tensor_parallel ", tensor_parallel, " --pipeline_parallel ",
-                       pipeline_parallel, ": ", started.status().ToString()),
-          started.status().code() == absl::StatusCode::kInvalidArgument ? kBadInput : kFailure);
+    absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open(model);
+    if (!checkpoint.ok()) return Fail(checkpoint.status().ToString(), kFailure);
+    replica =
+        std::make_unique<ThreadReplica>(*std::move(checkpoint), config->model, tensor_parallel,
+                                        pipeline_parallel, options, GlooOptions{});
+    if (!replica->leader().ok()) {
+      const absl::Status& status = replica->leader().status();
+      return Fail(absl::StrCat("--tensor_parallel ", tensor_parallel, " --pipeline_parallel ",
+                               pipeline_parallel, ": ", status.ToString()),
+                  status.code() == absl::StatusCode::kInvalidArgument ? kBadInput : kFailure);
     }
-    replica = *std::move(started);
   }
-  BenchDriver driver(world_size == 1 ? *single_rank : replica->backend(), kTokenSeed);
+  BenchDriver driver(world_size == 1 ? *single_rank : **replica->leader(), kTokenSeed);
 
   const absl::StatusOr<double> prefill = MeasurePrefill(driver, prompt_tokens);
   if (!prefill.ok()) return Fail(prefill.status().ToString(), kFailure);
@@ -278,7 +281,8 @@ int RunBench(const std::vector<char*>& positional_args) {
     decodes.push_back(*figures);
   }
   if (replica != nullptr) {
-    const absl::Status stopped = replica->Stop();
+    absl::Status stopped = (*replica->leader())->Shutdown();
+    for (const absl::Status& follower : replica->JoinFollowers()) stopped.Update(follower);
     if (!stopped.ok()) return Fail(stopped.ToString(), kFailure);
   }
 
