@@ -75,6 +75,12 @@ absl::StatusOr<ReplicaGroup> JoinReplicaGroup(std::shared_ptr<KeyValueStore> sto
       CreateCommunicator(layout.tensor_parallel == 1 ? CommunicatorKind::kSingleRank : tensor_kind,
                          store, absl::StrFormat("tensor/stage%d", layout.stage()), layout.tp_rank(),
                          layout.tensor_parallel, options));
+  // A rank that returned while a peer was still connecting its tensor mesh could fail that peer's
+  // join by leaving (e.g. on refusing its shard): no rank returns before every rank has joined.
+  if (world_size > 1) {
+    float joined = 1.0f;
+    REFLECT_RETURN_IF_ERROR(group.world->AllReduceSum(&joined, 1));
+  }
   return group;
 }
 

@@ -29,7 +29,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateCommunicator(
 // The communicators of `layout.rank`: the world group "world" (Gloo; single-rank when the world
 // is one rank), then the tensor group "tensor/stage<s>" of its stage (`tensor_kind` over the TP
 // ranks of the stage, tensor rank = tp_rank; single-rank when tensor_parallel is 1). Every rank of
-// the replica must call it at the same time; it returns once all have joined, or the first error.
+// the replica must call it at the same time; it returns once all have joined both groups (a world
+// all-reduce at the end), or the first error.
 absl::StatusOr<ReplicaGroup> JoinReplicaGroup(std::shared_ptr<KeyValueStore> store,
                                               const ParallelLayout& layout,
                                               CommunicatorKind tensor_kind,
