@@ -452,6 +452,63 @@ TEST(SamplerTest, GreedyAlternativesStartWithTheChosenTokenAndBreakTiesByLowerId
   }
 }
 
+TEST(SamplerTest, GreedyOverAFullVocabularyMatchesADoubleLogSoftmax) {
+  // 128,256 logits (Llama 3.1's vocabulary, not a multiple of the 16 lanes plus a ragged tail
+  // of 3) against a log-softmax in double with std::exp: the vector exp is within 1e-6.
+  std::mt19937 generator(7);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (size_t vocab_size : {size_t{128256}, size_t{19}}) {
+    std::vector<float> logits(vocab_size);
+    for (float& logit : logits) logit = normal(generator);
+    const size_t best =
+        static_cast<size_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    double normalizer = 0.0;
+    for (float logit : logits) normalizer += std::exp(static_cast<double>(logit - logits[best]));
+    SamplingParams params;
+    params.logprobs = 3;
+    const SampledToken token = Sample(logits, params, 0);
+    EXPECT_EQ(token.token_id, static_cast<int32_t>(best));
+    EXPECT_NEAR(token.logprob, -std::log(normalizer), 1e-6) << vocab_size;
+    ASSERT_THAT(token.top_logprobs, SizeIs(3));
+    for (const TokenAlternative& alternative : token.top_logprobs) {
+      EXPECT_NEAR(
+          alternative.logprob,
+          logits[static_cast<size_t>(alternative.token_id)] - logits[best] - std::log(normalizer),
+          1e-6);
+    }
+  }
+}
+
+TEST(SamplerTest, GreedyNeverPicksNaNAndLaterTiesLoseToTheFirst) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> logits(40, -1.0f);
+  logits[0] = nan;  // the first lane: a scalar "first is best" scan would keep it
+  logits[21] = 5.0f;
+  logits[37] = 5.0f;  // in the ragged tail
+  logits[38] = nan;
+  const SampledToken token = Sample(logits, SamplingParams(), 0);
+  EXPECT_EQ(token.token_id, 21);
+  EXPECT_TRUE(std::isfinite(token.logprob)) << token.logprob;
+}
+
+TEST(SamplerTest, ImpossibleTokensAreNeverDrawnOrListedWithoutFilters) {
+  // Temperature 1, no top-k / top-p / min-p: every finite logit is kept; -inf and NaN have
+  // weight exactly 0 however small the vector exp's smallest result is.
+  std::vector<float> logits(33, -std::numeric_limits<float>::infinity());
+  logits[3] = 0.0f;
+  logits[30] = 0.0f;
+  logits[31] = std::numeric_limits<float>::quiet_NaN();
+  SamplingParams params;
+  params.temperature = 1.0;
+  params.logprobs = 10;
+  const std::map<int32_t, float> drawn = DrawnTokens(logits, params, 200);
+  EXPECT_EQ(Keys(drawn), (std::set<int32_t>{3, 30}));
+  const SampledToken token = Sample(logits, params, 0);
+  ASSERT_THAT(token.top_logprobs, SizeIs(2));
+  EXPECT_NEAR(token.top_logprobs[0].logprob, std::log(0.5), 1e-6);
+  EXPECT_NEAR(token.top_logprobs[1].logprob, std::log(0.5), 1e-6);
+}
+
 TEST(SamplerTest, NoAlternativesWithoutLogprobs) {
   for (double temperature : {0.0, 1.0}) {
     SamplingParams params;

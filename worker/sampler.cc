@@ -1,6 +1,9 @@
 #include "worker/sampler.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <limits>
@@ -8,6 +11,7 @@
 #include <vector>
 
 #include "common/splitmix64.h"
+#include "worker/cpu/vector_math.h"
 
 namespace reflect {
 namespace {
@@ -62,13 +66,60 @@ void ApplyPenalties(std::span<float> logits, const SamplingParams& params,
 
 namespace {
 
-// The lowest id among the largest logits.
+// The lowest id among the largest logits; NaN is never the largest (id 0 when all are NaN).
+// Vectorized: one pass for the maximum, one for its first occurrence.
 int32_t ArgMax(std::span<const float> logits) {
-  size_t best = 0;
-  for (size_t id = 1; id < logits.size(); ++id) {
-    if (logits[id] > logits[best]) best = id;
+  const int64_t count = std::ssize(logits);
+  __m512 maximum = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t index = 0; index < count; index += cpu::kLanes) {
+    const __mmask16 mask = cpu::FirstLanes(count - index);
+    // max_ps returns its second operand when either is NaN: NaN logits leave `maximum` alone.
+    maximum = _mm512_mask_max_ps(maximum, mask, _mm512_maskz_loadu_ps(mask, logits.data() + index),
+                                 maximum);
   }
-  return static_cast<int32_t>(best);
+  const __m512 target = _mm512_set1_ps(cpu::MaxLanes(maximum));
+  for (int64_t index = 0; index < count; index += cpu::kLanes) {
+    const __mmask16 mask = cpu::FirstLanes(count - index);
+    const __mmask16 equal = _mm512_mask_cmp_ps_mask(
+        mask, _mm512_maskz_loadu_ps(mask, logits.data() + index), target, _CMP_EQ_OQ);
+    if (equal != 0) return static_cast<int32_t>(index + std::countr_zero(equal));
+  }
+  return 0;
+}
+
+// e^x by the CPU kernels' vector exp, exactly 0 below e^-103 (so for -inf) and for NaN: a token
+// of weight 0 is never drawn nor listed. Lane-wise, so ExpOne and SumOfExponentials agree bitwise.
+__m512 WeightOf(__m512 x) {
+  const __mmask16 possible = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-103.0f), _CMP_GE_OQ);
+  return _mm512_maskz_mov_ps(possible, cpu::Exp(x));
+}
+
+float ExpOne(float x) { return _mm512_cvtss_f32(WeightOf(_mm512_set1_ps(x))); }
+
+// Σ e^(logit - max_logit) over `logits`, each term as ExpOne, summed in double (16 lanes, then
+// a fixed order): about 40 µs for a 128k vocabulary where a scalar exp loop takes ten times that.
+double SumOfExponentials(std::span<const float> logits, float max_logit) {
+  const int64_t count = std::ssize(logits);
+  const __m512 shift = _mm512_set1_ps(max_logit);
+  __m512d low = _mm512_setzero_pd();
+  __m512d high = _mm512_setzero_pd();
+  for (int64_t index = 0; index < count; index += cpu::kLanes) {
+    const __mmask16 mask = cpu::FirstLanes(count - index);
+    const __m512 terms = _mm512_maskz_mov_ps(
+        mask, WeightOf(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, logits.data() + index), shift)));
+    // The maskz forms: GCC 12 flags the unmasked ones' "undefined" source (see vector_math.h).
+    const __m256 first =
+        _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xf, _mm512_castps_pd(terms), 0));
+    const __m256 second =
+        _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xf, _mm512_castps_pd(terms), 1));
+    low = _mm512_add_pd(low, _mm512_maskz_cvtps_pd(0xff, first));
+    high = _mm512_add_pd(high, _mm512_maskz_cvtps_pd(0xff, second));
+  }
+  alignas(64) double lanes[8];
+  _mm512_store_pd(lanes, _mm512_add_pd(low, high));
+  double sum = 0.0;
+  for (double lane : lanes) sum += lane;
+  return sum;
 }
 
 // The ids of the `count` largest logits (at most all of them), ranked by (logit descending, id
@@ -163,9 +214,7 @@ SampledToken SampleToken(std::span<float> logits, const SamplingParams& params,
     // Greedy: the logprob reported is under the penalized distribution at temperature 1.
     const int32_t best = ArgMax(logits);
     const float max_logit = logits[static_cast<size_t>(best)];
-    double normalizer = 0.0;
-    for (float logit : logits) normalizer += std::exp(logit - max_logit);
-    const double log_normalizer = std::log(normalizer);
+    const double log_normalizer = std::log(SumOfExponentials(logits, max_logit));
     result.token_id = best;
     result.logprob = static_cast<float>(-log_normalizer);
     if (params.logprobs > 0) {
@@ -195,9 +244,9 @@ SampledToken SampleToken(std::span<float> logits, const SamplingParams& params,
   // plain weight threshold. top-k, top-p and min-p each keep a prefix of the ranked vocabulary,
   // so together they keep the shortest of the three; only top-p's threshold depends on the
   // order (it is measured after top-k, as in Hugging Face and vLLM).
-  // Single-precision exp (a few times faster over a 128k vocabulary); sums are in double.
+  // Single-precision vector exp (many times faster over a 128k vocabulary); sums are in double.
   auto weight = [&](int32_t id) -> double {
-    return std::exp(logits[static_cast<size_t>(id)] - max_logit);
+    return ExpOne(logits[static_cast<size_t>(id)] - max_logit);
   };
   RankedVocabulary ranked(logits, max_logit);
   const size_t vocab_size = logits.size();
@@ -207,7 +256,7 @@ SampledToken SampleToken(std::span<float> logits, const SamplingParams& params,
   if (top_k < vocab_size) {
     for (size_t rank = 0; rank < top_k; ++rank) top_k_mass += weight(ranked.At(rank));
   } else {
-    for (size_t id = 0; id < vocab_size; ++id) top_k_mass += weight(static_cast<int32_t>(id));
+    top_k_mass = SumOfExponentials(logits, max_logit);
   }
 
   size_t kept = top_k;

@@ -29,6 +29,8 @@ void ApplyPenalties(std::span<float> logits, const SamplingParams& params,
 // or for greedy the log-softmax of the penalized logits at temperature 1. Tokens of probability 0
 // under it (outside the kept set) are never alternatives, so there may be fewer than N. The
 // alternatives cost one partial selection over the vocabulary, and nothing when N = 0.
+// NaN and -inf logits have probability 0 (greedy picks NaN only when every logit is NaN).
+// Exponentials use the CPU kernels' AVX-512 exp (relative error ~2e-7), sums are in double.
 SampledToken SampleToken(std::span<float> logits, const SamplingParams& params,
                          std::span<const int32_t> prompt_ids,
                          std::span<const int32_t> generated_ids, int64_t position);
