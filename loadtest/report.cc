@@ -83,12 +83,11 @@ LatencySummary SummarizeLatency(const std::vector<RequestRecord>& records) {
 Throughput SummarizeThroughput(const RunInfo& run, const std::vector<RequestRecord>& records,
                                const SloTargets& slo) {
   Throughput throughput;
-  throughput.duration = run.run_length;
-  if (throughput.duration <= absl::ZeroDuration()) {
-    throughput.duration = absl::ZeroDuration();
-    for (const RequestRecord& record : records) {
-      throughput.duration = std::max(throughput.duration, EndOf(record));
-    }
+  // Requests sent near the end finish after it (a closed loop's drain, a spike's long traces):
+  // their tokens count, so the time they took counts too.
+  throughput.duration = std::max(run.run_length, absl::ZeroDuration());
+  for (const RequestRecord& record : records) {
+    throughput.duration = std::max(throughput.duration, EndOf(record));
   }
   int64_t ok = 0, ok_tokens = 0, good_tokens = 0;
   for (const RequestRecord& record : records) {

@@ -89,7 +89,9 @@ struct LatencySummary {
 };
 
 struct Throughput {
-  absl::Duration duration = absl::ZeroDuration();  // the denominator of every rate
+  // The denominator of every rate: from the run's start to the end of its sending
+  // (run_length) or of its last request, whichever is later.
+  absl::Duration duration = absl::ZeroDuration();
   double ok_requests_per_second = 0;
   double output_tokens_per_second = 0;  // of ok requests
   int64_t ok_requests_meeting_slo = 0;

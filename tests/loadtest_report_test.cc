@@ -177,6 +177,26 @@ TEST(LoadReportTest, GoodputCountsOkRequestsMeetingEverySlo) {
   EXPECT_EQ(Summarize(run, records, {}, {}).throughput.ok_requests_meeting_slo, ok);
 }
 
+TEST(LoadReportTest, RatesRunToTheEndOfTheLastRequest) {
+  // 400 records sent over about 14.8 s: a 10 s run length ends before they do, so the rates'
+  // denominator is the last request's end, not the run length; a 30 s run length stays.
+  const std::vector<RequestRecord> records = MixedRecords(400, 11);
+  absl::Duration last_end = absl::ZeroDuration();
+  int64_t ok = 0;
+  for (const RequestRecord& record : records) {
+    last_end = std::max(last_end, record.sent + record.end_to_end.value_or(absl::ZeroDuration()));
+    if (record.outcome == RequestOutcome::kOk) ++ok;
+  }
+  ASSERT_GT(last_end, absl::Seconds(14));
+  RunInfo run;
+  run.run_length = absl::Seconds(10);
+  const Throughput short_run = Summarize(run, records, {}, {}).throughput;
+  EXPECT_EQ(short_run.duration, last_end);
+  EXPECT_DOUBLE_EQ(short_run.ok_requests_per_second, ok / absl::ToDoubleSeconds(last_end));
+  run.run_length = absl::Seconds(30);
+  EXPECT_EQ(Summarize(run, records, {}, {}).throughput.duration, absl::Seconds(30));
+}
+
 TEST(LoadReportTest, TimeSeriesWindowsMatchBruteForce) {
   const std::vector<RequestRecord> records = MixedRecords(300, 3);
   const std::vector<ServerSample> samples = {
