@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common/dtype.h"
+#include "worker/sampler.h"
 
 namespace reflect {
 namespace {
@@ -463,6 +464,67 @@ TEST(CpuBackendTest, OnlySequencesThatNeedLogitsGetRows) {
   std::vector<float> logits;
   ASSERT_TRUE(backend->Forward(plan, logits).ok());
   EXPECT_EQ(logits.size(), 2u * 300u);
+}
+
+TEST(CpuBackendTest, ForwardAndSampleIsForwardThenSampleTokenPerRow) {
+  // Two backends fed the same plans: one through ForwardAndSample (the host default), the other
+  // through Forward and SampleToken by hand; rows 0 and 2 need logits, with different params.
+  const TinyModel model(TinyConfig(), DType::kF32, 8);
+  auto sampled_backend = model.CreateBackend(2);
+  auto reference_backend = model.CreateBackend(2);
+  ASSERT_NE(sampled_backend, nullptr);
+  ASSERT_NE(reference_backend, nullptr);
+  StepPlan plan;
+  for (int32_t index = 0; index < 3; ++index) {
+    ScheduledSequence& sequence = plan.sequences.emplace_back();
+    sequence.sequence_id = 10 + index;
+    sequence.token_ids = RandomTokens(5, index);
+    sequence.block_table = Blocks(index * 2, 2);
+    sequence.needs_logits = index != 1;
+  }
+  SamplingParams greedy;
+  greedy.logprobs = 3;
+  SamplingParams drawn;
+  drawn.temperature = 0.8;
+  drawn.top_p = 0.9;
+  drawn.seed = 5;
+  drawn.repetition_penalty = 1.3;
+  const std::vector<int32_t> generated = {7, 7, 2};
+  const std::vector<SamplingRow> rows = {{.sequence_id = 10,
+                                          .params = &greedy,
+                                          .prompt_ids = plan.sequences[0].token_ids,
+                                          .generated_ids = {},
+                                          .position = 5},
+                                         {.sequence_id = 12,
+                                          .params = &drawn,
+                                          .prompt_ids = plan.sequences[2].token_ids,
+                                          .generated_ids = generated,
+                                          .position = 8}};
+  std::vector<SampledToken> tokens;
+  ASSERT_TRUE(sampled_backend->ForwardAndSample(plan, rows, tokens).ok());
+
+  std::vector<float> logits;
+  ASSERT_TRUE(reference_backend->Forward(plan, logits).ok());
+  ASSERT_EQ(tokens.size(), 2u);
+  for (size_t row = 0; row < rows.size(); ++row) {
+    const SampledToken expected =
+        SampleToken(std::span<float>(logits.data() + row * 300, 300), *rows[row].params,
+                    rows[row].prompt_ids, rows[row].generated_ids, rows[row].position);
+    EXPECT_EQ(tokens[row].sequence_id, rows[row].sequence_id);
+    EXPECT_EQ(tokens[row].token_id, expected.token_id) << row;
+    EXPECT_EQ(tokens[row].logprob, expected.logprob) << row;
+    ASSERT_EQ(tokens[row].top_logprobs.size(), expected.top_logprobs.size()) << row;
+    for (size_t rank = 0; rank < expected.top_logprobs.size(); ++rank) {
+      EXPECT_EQ(tokens[row].top_logprobs[rank].token_id, expected.top_logprobs[rank].token_id);
+    }
+  }
+  EXPECT_EQ(tokens[0].top_logprobs.size(), 3u);
+
+  // One row short of the plan's logits rows: refused before running anything.
+  const absl::Status short_rows =
+      sampled_backend->ForwardAndSample(plan, std::span(rows).first(1), tokens);
+  EXPECT_EQ(short_rows.code(), absl::StatusCode::kInvalidArgument) << short_rows;
+  EXPECT_TRUE(tokens.empty());
 }
 
 TEST(CpuBackendTest, MalformedPlansAreInvalidArgument) {

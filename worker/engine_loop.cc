@@ -6,7 +6,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "worker/sampler.h"
 
 namespace reflect {
 namespace {
@@ -384,7 +383,7 @@ bool EngineLoop::Step() {
     }
   }
   const StepPlan& plan = output.plan;
-  int64_t num_logit_rows = 0;
+  sampling_rows_.clear();
   for (const ScheduledSequence& entry : plan.sequences) {
     ActiveRequest& request = active_.at(entry.sequence_id);
     if (!request.scheduled) {
@@ -393,35 +392,21 @@ bool EngineLoop::Step() {
       request.summary.cached_prompt_tokens =
           std::min(entry.start_position, std::ssize(request.prompt_token_ids));
     }
-    if (entry.needs_logits) ++num_logit_rows;
+    if (!entry.needs_logits) continue;
+    sampling_rows_.push_back(SamplingRow{.sequence_id = entry.sequence_id,
+                                         .params = &request.sampling,
+                                         .prompt_ids = request.prompt_token_ids,
+                                         .generated_ids = request.generated_token_ids,
+                                         .position = std::ssize(request.prompt_token_ids) +
+                                                     std::ssize(request.generated_token_ids)});
   }
   const bool ran = !plan.sequences.empty() || !plan.swap_out.empty() || !plan.swap_in.empty();
 
   step_result_.tokens.clear();
   absl::Status status;
-  if (ran) {
-    status = backend_->Forward(plan, logits_);
-    if (status.ok() && std::ssize(logits_) != num_logit_rows * vocab_size_) {
-      status = absl::InternalError(absl::StrCat("the backend returned ", logits_.size(),
-                                                " logits for ", num_logit_rows, " rows"));
-    }
-  }
-  if (status.ok()) {
-    int64_t row = 0;
-    for (const ScheduledSequence& entry : plan.sequences) {
-      if (!entry.needs_logits) continue;
-      const ActiveRequest& request = active_.at(entry.sequence_id);
-      const std::span<float> row_logits(logits_.data() + row * vocab_size_,
-                                        static_cast<size_t>(vocab_size_));
-      ++row;
-      const int64_t position =
-          std::ssize(request.prompt_token_ids) + std::ssize(request.generated_token_ids);
-      SampledToken sampled = SampleToken(row_logits, request.sampling, request.prompt_token_ids,
-                                         request.generated_token_ids, position);
-      sampled.sequence_id = entry.sequence_id;
-      step_result_.tokens.push_back(sampled);
-    }
-  } else {
+  if (ran) status = backend_->ForwardAndSample(plan, sampling_rows_, step_result_.tokens);
+  if (!status.ok()) {
+    step_result_.tokens.clear();
     const absl::Status failed =
         absl::InternalError(absl::StrCat("step failed: ", status.message()));
     for (const ScheduledSequence& entry : plan.sequences) {

@@ -1,7 +1,8 @@
 // EngineLoop: the replica leader's runtime (DESIGN §1, §4, §11) — one thread that turns queued
-// requests into steps: apply queued commands (add, cancel), Schedule(now), Backend::Forward,
-// sample every row that needs logits with SampleToken at the sequence's position,
-// ApplyStepResult, then deliver tokens and outcomes to each request's GenerationSink.
+// requests into steps: apply queued commands (add, cancel), Schedule(now),
+// Backend::ForwardAndSample (one token per row that needs logits, with SampleToken's semantics at
+// the sequence's position), ApplyStepResult, then deliver tokens and outcomes to each request's
+// GenerationSink.
 //
 // Lifecycle of the loop (one way):
 //
@@ -230,7 +231,7 @@ class EngineLoop {
   // Handle → sequence id, for the requests whose ids differ (re-added by Force); sequence ids
   // are never reused, as the Scheduler requires.
   absl::flat_hash_map<int64_t, int64_t> renamed_;
-  std::vector<float> logits_;
+  std::vector<SamplingRow> sampling_rows_;  // this step's, in plan order
   StepResult step_result_;
   std::vector<RetiredSequence> finished_;
   int64_t steps_ = 0;

@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "scheduler/step_plan.h"
-#include "worker/sampler.h"
+#include "worker/backend.h"
 
 namespace reflect {
 namespace {
@@ -174,7 +174,8 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(
   };
 
   std::vector<PlanningSequence> planning(sequences.size());
-  std::vector<float> logits;
+  std::vector<SamplingRow> sampling_rows;
+  std::vector<SampledToken> sampled_tokens;
   size_t num_unfinished = sequences.size();
   while (num_unfinished > 0) {
     for (size_t index = 0; index < sequences.size(); ++index) {
@@ -193,7 +194,6 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(
 
     StepPlan plan;
     plan.sequences.reserve(chunks.size());
-    size_t num_logit_rows = 0;
     for (const PlannedChunk& chunk : chunks) {
       ActiveSequence& sequence = sequences[chunk.sequence_index];
       if (chunk.admit) {
@@ -213,16 +213,24 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(
       scheduled.block_table.assign(sequence.block_table.begin(),
                                    sequence.block_table.begin() + CeilDivide(end, block_size));
       scheduled.needs_logits = chunk.needs_logits;
-      if (chunk.needs_logits) ++num_logit_rows;
     }
 
-    if (absl::Status status = backend_.Forward(plan, logits); !status.ok()) {
-      return fail(std::move(status));
+    sampling_rows.clear();
+    for (const PlannedChunk& chunk : chunks) {
+      if (!chunk.needs_logits) continue;
+      const ActiveSequence& sequence = sequences[chunk.sequence_index];
+      // The sequence's tokens after this chunk: its prompt, then what it generated.
+      const std::span<const int32_t> all_tokens(sequence.tokens);
+      sampling_rows.push_back(
+          SamplingRow{.sequence_id = static_cast<int64_t>(chunk.sequence_index),
+                      .params = &requests[chunk.sequence_index].params,
+                      .prompt_ids = all_tokens.first(sequence.prompt_length),
+                      .generated_ids = all_tokens.subspan(sequence.prompt_length),
+                      .position = std::ssize(sequence.tokens)});
     }
-    if (logits.size() != num_logit_rows * static_cast<size_t>(vocab_size)) {
-      return fail(absl::InternalError(absl::StrCat("the backend returned ", logits.size(),
-                                                   " logits for ", num_logit_rows, " rows of a ",
-                                                   vocab_size, "-token vocabulary")));
+    if (absl::Status status = backend_.ForwardAndSample(plan, sampling_rows, sampled_tokens);
+        !status.ok()) {
+      return fail(std::move(status));
     }
 
     size_t row = 0;
@@ -232,13 +240,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(
       if (!chunk.needs_logits) continue;
       const GenerationRequest& request = requests[chunk.sequence_index];
       GenerationResult& result = results[chunk.sequence_index];
-      std::span<float> row_logits(logits.data() + row * static_cast<size_t>(vocab_size),
-                                  static_cast<size_t>(vocab_size));
-      ++row;
-      const std::span<const int32_t> all_tokens(sequence.tokens);
-      SampledToken sampled = SampleToken(
-          row_logits, request.params, all_tokens.first(sequence.prompt_length),
-          all_tokens.subspan(sequence.prompt_length), static_cast<int64_t>(sequence.tokens.size()));
+      SampledToken& sampled = sampled_tokens[row++];
       sequence.tokens.push_back(sampled.token_id);
       result.generated_ids.push_back(sampled.token_id);
       result.logprobs.push_back(sampled.logprob);

@@ -1,8 +1,8 @@
 // Generator: offline continuous batching over one Backend, until the real scheduler (scheduler/)
 // takes over. Every request arrives at once; each step decodes every running sequence, continues
 // or starts prompts in chunks with what is left of the token budget (chunked prefill beside
-// decodes), samples with SampleToken at each sequence's position, and retires finished sequences
-// at once, freeing their KV blocks for the next admission.
+// decodes), samples through Backend::ForwardAndSample at each sequence's position, and retires
+// finished sequences at once, freeing their KV blocks for the next admission.
 //
 // KV policy: a request is admitted only when the pool can hold its longest possible sequence
 // (prompt + max_tokens, capped by the context length), and those blocks are taken at admission.
