@@ -1,6 +1,11 @@
-// `reflect bench --model DIR [--batch_sizes 1,8,32] [--prompt_tokens 128] [--decode_tokens 32]
-//  [--tensor_parallel 1] [--pipeline_parallel 1]`:
-// CPU backend throughput, driving Backend::Forward with plain StepPlans.
+// `reflect bench (--model DIR | --preset NAME) [--backend cpu|cuda] [--json] [flags]`.
+//
+// --backend cuda: the benchmarks of issue #5 (cuda_bench.h: copy bandwidth and the batch-1
+// roofline, throughput, time to first token); one rank only.
+//
+// --backend cpu (default): CPU backend throughput, driving Backend::Forward with plain StepPlans
+// ([--batch_sizes 1,8,32] [--prompt_tokens 128] [--decode_tokens 32] [--tensor_parallel 1]
+// [--pipeline_parallel 1]):
 //
 //   prefill: one prompt of --prompt_tokens tokens in one forward pass; tokens/s = N / time
 //            (the median of three timed runs, after one warm-up run).
@@ -13,6 +18,9 @@
 // 0's backend is driven as above; each decode batch size also reports the share of the timed steps'
 // forward time rank 0 spent in all-reduces (and, with PP, waiting on the pipeline).
 //
+// --preset NAME (model_presets.h) benchmarks that shape over random bf16 weights generated in
+// memory from --seed (random_checkpoint.h) instead of a model directory.
+//
 // Token ids are random with a fixed seed, so runs are comparable. Prints a table, or with
 // --json one JSON object. Exit codes: 0 done, 2 bad flags or model, 1 a failure while running.
 #include <algorithm>
@@ -20,6 +28,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -37,8 +46,12 @@
 #include "kvcache/block_allocator.h"
 #include "nlohmann/json.hpp"
 #include "scheduler/step_plan.h"
+#include "tools/reflect/backend_flags.h"
 #include "tools/reflect/command.h"
 #include "tools/reflect/common_flags.h"
+#include "tools/reflect/cuda_bench.h"
+#include "tools/reflect/model_presets.h"
+#include "tools/reflect/random_checkpoint.h"
 #include "worker/checkpoint.h"
 #include "worker/cpu/cpu_backend.h"
 #include "worker/parallel/parallel_backend.h"
@@ -201,12 +214,63 @@ int Fail(const std::string& message, int exit_code) {
   return exit_code;
 }
 
+// The model to benchmark: a directory (--model) or a preset shape with random weights
+// (--preset).
+struct BenchModel {
+  std::string label;                // the directory, or "preset NAME"
+  std::filesystem::path directory;  // empty for a preset
+  ModelConfig config;
+};
+
+absl::StatusOr<BenchModel> BenchModelFromFlags() {
+  const std::string model = absl::GetFlag(FLAGS_model);
+  const std::optional<std::string> preset = absl::GetFlag(FLAGS_preset);
+  if (model.empty() == !preset.has_value()) {
+    return absl::InvalidArgumentError("give exactly one of --model DIR and --preset NAME");
+  }
+  if (preset.has_value()) {
+    REFLECT_ASSIGN_OR_RETURN(ModelConfig config, ModelPresetConfig(*preset));
+    return BenchModel{.label = "preset " + *preset, .directory = {}, .config = std::move(config)};
+  }
+  REFLECT_ASSIGN_OR_RETURN(ModelDirectoryConfig config, LoadModelConfig(model));
+  return BenchModel{.label = model, .directory = model, .config = std::move(config.model)};
+}
+
+// The model's weights: its directory's checkpoint, or random bf16 weights made in memory.
+absl::StatusOr<std::unique_ptr<Checkpoint>> OpenWeights(const BenchModel& model) {
+  if (!model.directory.empty()) return Checkpoint::Open(model.directory);
+  return MakeRandomCheckpoint(model.config, absl::GetFlag(FLAGS_seed), DType::kBF16,
+                              absl::GetFlag(FLAGS_threads));
+}
+
 int RunBench(const std::vector<char*>& positional_args) {
   if (!positional_args.empty()) {
     return Fail(absl::StrCat("unexpected argument '", positional_args.front(), "'"), kBadInput);
   }
-  const std::string model = absl::GetFlag(FLAGS_model);
-  if (model.empty()) return Fail("--model DIR is required", kBadInput);
+  const absl::StatusOr<BenchModel> bench_model = BenchModelFromFlags();
+  if (!bench_model.ok()) return Fail(bench_model.status().ToString(), kBadInput);
+  const absl::StatusOr<bool> use_cuda = CudaBackendRequested();
+  if (!use_cuda.ok()) return Fail(use_cuda.status().ToString(), kBadInput);
+  const int tensor_parallel = absl::GetFlag(FLAGS_tensor_parallel);
+  const int pipeline_parallel = absl::GetFlag(FLAGS_pipeline_parallel);
+  if (tensor_parallel < 1 || pipeline_parallel < 1) {
+    return Fail("--tensor_parallel and --pipeline_parallel must be at least 1", kBadInput);
+  }
+  const int world_size = tensor_parallel * pipeline_parallel;
+  if (*use_cuda) {
+    if (world_size != 1) {
+      return Fail(
+          "--backend cuda: the CUDA backend runs one rank per replica for now "
+          "(--tensor_parallel and --pipeline_parallel must be 1)",
+          kBadInput);
+    }
+    return RunCudaBench({.config = bench_model->config,
+                         .model_label = bench_model->label,
+                         .model_dir = bench_model->directory,
+                         .seed = absl::GetFlag(FLAGS_seed),
+                         .num_threads = absl::GetFlag(FLAGS_threads),
+                         .json = absl::GetFlag(FLAGS_json)});
+  }
   const int64_t prompt_tokens = absl::GetFlag(FLAGS_prompt_tokens);
   const int64_t decode_tokens = absl::GetFlag(FLAGS_decode_tokens);
   if (prompt_tokens < 1 || decode_tokens < 1) {
@@ -222,19 +286,11 @@ int RunBench(const std::vector<char*>& positional_args) {
     }
     batch_sizes.push_back(batch_size);
   }
-  const int tensor_parallel = absl::GetFlag(FLAGS_tensor_parallel);
-  const int pipeline_parallel = absl::GetFlag(FLAGS_pipeline_parallel);
-  if (tensor_parallel < 1 || pipeline_parallel < 1) {
-    return Fail("--tensor_parallel and --pipeline_parallel must be at least 1", kBadInput);
-  }
-  const int world_size = tensor_parallel * pipeline_parallel;
-  const absl::StatusOr<ModelDirectoryConfig> config = LoadModelConfig(model);
-  if (!config.ok()) return Fail(config.status().ToString(), kBadInput);
+  const ModelConfig& shape = bench_model->config;
   const int64_t max_length = prompt_tokens + decode_tokens + 1;
-  if (config->model.max_position_embeddings > 0 &&
-      max_length > config->model.max_position_embeddings) {
+  if (shape.max_position_embeddings > 0 && max_length > shape.max_position_embeddings) {
     return Fail(absl::StrCat("--prompt_tokens + --decode_tokens + 1 = ", max_length,
-                             " exceeds the context length ", config->model.max_position_embeddings),
+                             " exceeds the context length ", shape.max_position_embeddings),
                 kBadInput);
   }
 
@@ -250,18 +306,18 @@ int RunBench(const std::vector<char*>& positional_args) {
   options.num_kv_blocks =
       blocks_per_sequence *
       std::max<int64_t>(1, *std::max_element(batch_sizes.begin(), batch_sizes.end()));
+  absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = OpenWeights(*bench_model);
+  if (!checkpoint.ok()) return Fail(checkpoint.status().ToString(), kFailure);
   std::unique_ptr<Backend> single_rank;
   std::unique_ptr<ThreadReplica> replica;  // world_size > 1; outlives the driver
   if (world_size == 1) {
-    absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCpuBackend(model, options);
+    absl::StatusOr<std::unique_ptr<Backend>> backend =
+        CreateCpuBackend(std::shared_ptr<const Checkpoint>(*std::move(checkpoint)), shape, options);
     if (!backend.ok()) return Fail(backend.status().ToString(), kFailure);
     single_rank = *std::move(backend);
   } else {
-    absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open(model);
-    if (!checkpoint.ok()) return Fail(checkpoint.status().ToString(), kFailure);
-    replica =
-        std::make_unique<ThreadReplica>(*std::move(checkpoint), config->model, tensor_parallel,
-                                        pipeline_parallel, options, GlooOptions{});
+    replica = std::make_unique<ThreadReplica>(*std::move(checkpoint), shape, tensor_parallel,
+                                              pipeline_parallel, options, GlooOptions{});
     if (!replica->leader().ok()) {
       const absl::Status& status = replica->leader().status();
       return Fail(absl::StrCat("--tensor_parallel ", tensor_parallel, " --pipeline_parallel ",
@@ -286,7 +342,7 @@ int RunBench(const std::vector<char*>& positional_args) {
     if (!stopped.ok()) return Fail(stopped.ToString(), kFailure);
   }
 
-  const ModelConfig& shape = config->model;
+  const std::string& model = bench_model->label;
   if (absl::GetFlag(FLAGS_json)) {
     nlohmann::json decode_json = nlohmann::json::array();
     for (const DecodeFigures& figures : decodes) {
@@ -336,9 +392,8 @@ int RunBench(const std::vector<char*>& positional_args) {
   return 0;
 }
 
-const CommandRegistration kRegistration({"bench",
-                                         "prefill and decode throughput of the CPU backend",
-                                         &RunBench});
+const CommandRegistration kRegistration(
+    {"bench", "prefill and decode throughput (CPU); the issue #5 benchmarks (CUDA)", &RunBench});
 
 }  // namespace
 }  // namespace reflect::cli

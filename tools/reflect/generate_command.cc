@@ -1,5 +1,6 @@
 // `reflect generate --model DIR (--prompt TEXT | --prompts_file FILE | --prompt_ids 1,2,3)`:
-// offline generation on the CPU backend through worker/generator.h. One prompt streams its text
+// offline generation through worker/generator.h on the CPU backend, or with --backend cuda on the
+// GPU (backend_flags.h). One prompt streams its text
 // to stdout as tokens arrive; a prompts file (one JSON string per line) runs as one batch. With
 // --json, one line per prompt: {"ids":[...],"text":"...","finish_reason":"stop"|"length"}, the
 // generated part only (ids include the eos / stop token that ended it, the text does not).
@@ -33,9 +34,9 @@
 #include "common/tokenizer.h"
 #include "common/utf8.h"
 #include "nlohmann/json.hpp"
+#include "tools/reflect/backend_flags.h"
 #include "tools/reflect/command.h"
 #include "tools/reflect/common_flags.h"
-#include "worker/cpu/cpu_backend.h"
 #include "worker/generator.h"
 
 ABSL_FLAG(std::optional<std::string>, prompt, std::nullopt, "generate: the prompt text");
@@ -110,6 +111,9 @@ std::optional<CommandError> CheckFlags() {
   const double min_p = absl::GetFlag(FLAGS_min_p);
   if (!(min_p >= 0.0 && min_p <= 1.0)) {
     return CommandError{absl::StrCat("--min_p must be in [0, 1], got ", min_p)};
+  }
+  if (const absl::StatusOr<bool> cuda = CudaBackendRequested(); !cuda.ok()) {
+    return CommandError{std::string(cuda.status().message())};
   }
   const std::string model = absl::GetFlag(FLAGS_model);
   if (model.empty()) return CommandError{"--model DIR is required"};
@@ -227,24 +231,24 @@ int RunGenerate(const std::vector<char*>& positional_args) {
   if (!prompts.ok()) return Report({std::string(prompts.status().message())});
 
   std::vector<GenerationRequest> requests;
-  CpuBackendOptions backend_options;
-  backend_options.num_threads = absl::GetFlag(FLAGS_threads);
+  GeneratorOptions generator_options;
+  generator_options.max_model_length = config->model.max_position_embeddings;
+  BackendSizing sizing;
   // A pool that holds every request at its longest at once: the whole batch runs together.
-  backend_options.num_kv_blocks = 0;
+  sizing.num_kv_blocks = 0;
+  sizing.max_tokens_per_step = generator_options.max_num_batched_tokens;
+  sizing.max_sequences_per_step = generator_options.max_num_seqs;
   for (const std::vector<int32_t>& prompt : *prompts) {
     GenerationRequest& request = requests.emplace_back();
     request.prompt_ids = prompt;
     request.params = ParamsFromFlags(config->generation);
     request.eos_token_ids = config->model.eos_token_ids;
     const int64_t length = static_cast<int64_t>(prompt.size()) + request.params.max_tokens;
-    backend_options.num_kv_blocks +=
-        (length + backend_options.block_size - 1) / backend_options.block_size;
+    sizing.num_kv_blocks += (length + sizing.block_size - 1) / sizing.block_size;
   }
-  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCpuBackend(model_dir, backend_options);
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackendFromFlags(model_dir, sizing);
   if (!backend.ok()) return Report({backend.status().ToString(), kFailure});
 
-  GeneratorOptions generator_options;
-  generator_options.max_model_length = config->model.max_position_embeddings;
   Generator generator(**backend, generator_options);
   const bool stream = !absl::GetFlag(FLAGS_json) && requests.size() == 1;
   StreamingDetokenizer stream_detokenizer(**tokenizer);
@@ -286,7 +290,7 @@ int RunGenerate(const std::vector<char*>& positional_args) {
 }
 
 const CommandRegistration kRegistration({"generate",
-                                         "generate text from a prompt (offline, CPU backend)",
+                                         "generate text from a prompt (offline, CPU or CUDA)",
                                          &RunGenerate});
 
 }  // namespace

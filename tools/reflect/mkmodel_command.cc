@@ -29,7 +29,6 @@
 #include "tools/reflect/weight_generator.h"
 #include "worker/safetensors_writer.h"
 
-ABSL_FLAG(std::string, preset, "tiny", "mkmodel: model shape: tiny, 1b, 8b or 70b");
 ABSL_FLAG(std::string, out, "", "mkmodel: output model directory (created)");
 ABSL_FLAG(std::string, dtype, "bf16", "mkmodel: weight dtype on disk: bf16, f16 or f32");
 ABSL_FLAG(std::optional<int64_t>, layers, std::nullopt, "mkmodel: num_hidden_layers override");
@@ -88,7 +87,8 @@ std::string TorchDTypeName(DType dtype) {
 // The preset with the command-line overrides applied, validated by a round trip through
 // ParseModelConfig so that what we write is exactly what loaders will accept.
 absl::StatusOr<ModelConfig> ConfigFromFlags(DType dtype) {
-  REFLECT_ASSIGN_OR_RETURN(ModelConfig config, ModelPresetConfig(absl::GetFlag(FLAGS_preset)));
+  REFLECT_ASSIGN_OR_RETURN(ModelConfig config,
+                           ModelPresetConfig(absl::GetFlag(FLAGS_preset).value_or("tiny")));
   auto override_with = [](const auto& flag, auto& field) {
     if (auto value = absl::GetFlag(flag); value.has_value()) field = *value;
   };

@@ -12,6 +12,10 @@
 // Replica groups (--tensor_parallel × --pipeline_parallel > 1, replica_group_startup.h): rank 0
 // does all of the above, with its backend driving the group; it exits 3 as soon as a rank is lost.
 // Ranks above 0 serve nothing: they run the leader's steps and exit 0 when it stops them.
+//
+// --backend cpu (default) or cuda (one rank per replica for now); backend_choice.h says how each
+// is sized. --backend cuda in a build without CUDA, or on a machine without a usable device,
+// exits 1 with FAILED_PRECONDITION before listening.
 
 #include <unistd.h>
 
@@ -21,6 +25,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -38,8 +43,10 @@
 #include "grpcpp/server_builder.h"
 #include "prometheus/exposer.h"
 #include "worker/cpu/cpu_backend.h"
+#include "worker/cuda/cuda_usable.h"
 #include "worker/engine_loop.h"
 #include "worker/parallel/parallel_config.h"
+#include "worker/replica/backend_choice.h"
 #include "worker/replica/liveness_watch.h"
 #include "worker/replica/replica_group_startup.h"
 #include "worker/replica/replica_metrics.h"
@@ -50,10 +57,18 @@ ABSL_FLAG(std::string, host, "127.0.0.1", "Address to listen on");
 ABSL_FLAG(int32_t, port, 50061, "Port to listen on; 0: any free port (printed on stdout)");
 ABSL_FLAG(std::string, replica_id, "", "Id reported by GetLoad; empty: <host>:<port>");
 ABSL_FLAG(int32_t, threads, 0, "Engine threads; 0: one per core");
-ABSL_FLAG(int64_t, num_kv_blocks, 0, "KV cache blocks; 0: size from --kv_cache_gib");
-ABSL_FLAG(double, kv_cache_gib, 1.0, "KV cache size in GiB when --num_kv_blocks is 0");
+ABSL_FLAG(std::string, backend, "cpu", "Backend running the model: cpu or cuda");
+ABSL_FLAG(int64_t, num_kv_blocks, 0,
+          "KV cache blocks; 0: size from --kv_cache_gib (cpu) or --gpu_memory_utilization (cuda)");
+ABSL_FLAG(double, kv_cache_gib, 1.0, "cpu: KV cache size in GiB when --num_kv_blocks is 0");
 ABSL_FLAG(double, swap_space_gib, 0.0, "Host swap space for preempted sequences, in GiB");
 ABSL_FLAG(int32_t, block_size, 16, "Tokens per KV block");
+ABSL_FLAG(double, gpu_memory_utilization, 0.90,
+          "cuda: fraction of the device's memory for weights, activations and the KV cache");
+ABSL_FLAG(bool, deterministic, false,
+          "cuda: batch-invariant kernels, so a request's tokens do not depend on its neighbours");
+ABSL_FLAG(bool, cuda_graphs, true, "cuda: replay decode steps from CUDA graphs");
+ABSL_FLAG(int32_t, device, 0, "cuda: the CUDA device to run on");
 ABSL_FLAG(int32_t, max_num_seqs, 256, "Sequences running at once");
 ABSL_FLAG(int64_t, max_num_batched_tokens, 2048, "Tokens per engine step");
 ABSL_FLAG(int32_t, metrics_port, -1,
@@ -90,14 +105,6 @@ namespace reflect {
 namespace {
 
 constexpr char kReplicaService[] = "reflect.internal.v1.Replica";
-
-// KV blocks (K and V, f32, every layer and KV head) that fit in `gib`.
-int64_t BlocksForGib(const ModelConfig& config, int64_t block_size, double gib) {
-  const double block_bytes = 2.0 * 4.0 * static_cast<double>(config.num_hidden_layers) *
-                             static_cast<double>(config.num_key_value_heads) *
-                             static_cast<double>(config.head_dim) * static_cast<double>(block_size);
-  return static_cast<int64_t>(gib * 1024.0 * 1024.0 * 1024.0 / block_bytes);
-}
 
 // Serves `metrics` on host:port (port 0: any free one) and prints "metrics <host>:<port>";
 // null, after an error message, when it cannot listen.
@@ -150,6 +157,37 @@ absl::StatusOr<std::unique_ptr<Backend>> StartGroupLeader(
   return group->TakeBackend();
 }
 
+absl::StatusOr<WorkerBackendFlags> BackendFlagsFromFlags() {
+  WorkerBackendFlags flags;
+  absl::StatusOr<BackendKind> kind = ParseBackendKind(absl::GetFlag(FLAGS_backend));
+  if (!kind.ok()) return kind.status();
+  flags.kind = *kind;
+  flags.num_kv_blocks = absl::GetFlag(FLAGS_num_kv_blocks);
+  flags.kv_cache_gib = absl::GetFlag(FLAGS_kv_cache_gib);
+  flags.swap_space_gib = absl::GetFlag(FLAGS_swap_space_gib);
+  flags.block_size = absl::GetFlag(FLAGS_block_size);
+  flags.threads = absl::GetFlag(FLAGS_threads);
+  flags.max_num_batched_tokens = absl::GetFlag(FLAGS_max_num_batched_tokens);
+  flags.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
+  flags.gpu_memory_utilization = absl::GetFlag(FLAGS_gpu_memory_utilization);
+  flags.deterministic = absl::GetFlag(FLAGS_deterministic);
+  flags.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
+  flags.device = absl::GetFlag(FLAGS_device);
+  return flags;
+}
+
+// The backend of a replica of one rank: the CUDA one when `cuda_options` is set, else the CPU one.
+absl::StatusOr<std::unique_ptr<Backend>> CreateSingleRankBackend(
+    const std::string& model_dir, const CpuBackendOptions& cpu_options,
+    const std::optional<cuda::CudaBackendOptions>& cuda_options) {
+  if (!cuda_options.has_value()) return CreateCpuBackend(model_dir, cpu_options);
+#ifdef REFLECT_WITH_CUDA
+  return cuda::CreateCudaBackend(model_dir, *cuda_options);
+#else
+  return cuda::CheckCudaUsable("reflect-worker");
+#endif
+}
+
 absl::StatusOr<ParallelConfig> ParallelConfigFromFlags() {
   ParallelFlags flags;
   flags.tensor_parallel = absl::GetFlag(FLAGS_tensor_parallel);
@@ -189,19 +227,29 @@ int Serve() {
     std::fprintf(stderr, "reflect-worker: %s\n", parallel.status().ToString().c_str());
     return 2;
   }
+  const absl::StatusOr<WorkerBackendFlags> backend_flags = BackendFlagsFromFlags();
+  if (!backend_flags.ok()) {
+    std::fprintf(stderr, "reflect-worker: %s\n", backend_flags.status().ToString().c_str());
+    return 2;
+  }
   group_options.model_dir = model_dir;
   group_options.model = model_config->model;
   group_options.listen_host = host;
-  CpuBackendOptions& backend_options = group_options.backend;
-  backend_options.block_size = absl::GetFlag(FLAGS_block_size);
-  backend_options.num_threads = absl::GetFlag(FLAGS_threads);
-  backend_options.num_kv_blocks = absl::GetFlag(FLAGS_num_kv_blocks);
-  if (backend_options.num_kv_blocks == 0) {
-    backend_options.num_kv_blocks = BlocksForGib(model_config->model, backend_options.block_size,
-                                                 absl::GetFlag(FLAGS_kv_cache_gib));
+  group_options.backend = CpuOptionsFor(*backend_flags, model_config->model);
+  std::optional<cuda::CudaBackendOptions> cuda_options;
+  if (backend_flags->kind == BackendKind::kCuda) {
+    absl::StatusOr<cuda::CudaBackendOptions> options =
+        CudaOptionsFor(*backend_flags, model_config->model, parallel->layout.world_size());
+    if (!options.ok()) {
+      std::fprintf(stderr, "reflect-worker: %s\n", options.status().ToString().c_str());
+      return 2;
+    }
+    if (const absl::Status usable = cuda::CheckCudaUsable("reflect-worker"); !usable.ok()) {
+      std::fprintf(stderr, "reflect-worker: %s\n", usable.ToString().c_str());
+      return 1;
+    }
+    cuda_options = *options;
   }
-  backend_options.num_host_blocks = BlocksForGib(model_config->model, backend_options.block_size,
-                                                 absl::GetFlag(FLAGS_swap_space_gib));
   if (!parallel->layout.is_leader()) return RunFollowerRank(*parallel, group_options);
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -247,20 +295,22 @@ int Serve() {
   std::unique_ptr<ReplicaGroupLeader> group;
   absl::StatusOr<std::unique_ptr<Backend>> backend =
       parallel->layout.world_size() == 1
-          ? CreateCpuBackend(model_dir, group_options.backend)
+          ? CreateSingleRankBackend(model_dir, group_options.backend, cuda_options)
           : StartGroupLeader(*parallel, group_options, *server, group);
   if (!backend.ok()) {
     std::fprintf(stderr, "reflect-worker: %s\n", backend.status().ToString().c_str());
     server->Shutdown();
     return 1;
   }
+  const int64_t num_kv_blocks = (*backend)->num_kv_blocks();
   EngineLoopOptions engine_options;
   engine_options.scheduler.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
   engine_options.scheduler.max_num_batched_tokens = absl::GetFlag(FLAGS_max_num_batched_tokens);
   engine_options.scheduler.max_waiting_requests = absl::GetFlag(FLAGS_max_waiting_requests);
   engine_options.scheduler.max_waiting_tokens = absl::GetFlag(FLAGS_max_waiting_tokens);
   engine_options.scheduler.max_model_length = model_config->model.max_position_embeddings;
-  engine_options.num_host_blocks = static_cast<int32_t>(backend_options.num_host_blocks);
+  engine_options.num_host_blocks =
+      static_cast<int32_t>(HostSwapBlocks(*backend_flags, model_config->model));
   engine_options.eos_token_ids = model_config->model.eos_token_ids;
   engine_options.enable_prefix_caching = absl::GetFlag(FLAGS_enable_prefix_caching);
   engine_options.on_step = [&metrics](const StepStats& step) { metrics.ObserveStep(step); };
@@ -278,9 +328,9 @@ int Serve() {
   const LivenessWatch liveness(server->GetHealthCheckService(), engine->get(),
                                absl::Seconds(absl::GetFlag(FLAGS_liveness_timeout_seconds)));
   SetServing(*server, true);
-  std::fprintf(stderr, "reflect-worker: serving %s on %s:%d with %lld KV blocks\n",
-               model_dir.c_str(), host.c_str(), selected_port,
-               static_cast<long long>(backend_options.num_kv_blocks));
+  std::fprintf(stderr, "reflect-worker: serving %s on %s:%d (%s backend) with %lld KV blocks\n",
+               model_dir.c_str(), host.c_str(), selected_port, absl::GetFlag(FLAGS_backend).c_str(),
+               static_cast<long long>(num_kv_blocks));
 
   const int signal_number = WaitForTerminationSignal();
   std::fprintf(stderr, "reflect-worker: signal %d: draining\n", signal_number);
