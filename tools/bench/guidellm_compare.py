@@ -11,6 +11,11 @@ ignore_eos, for --seconds each.
                     model's own tokenizer.json for prompt lengths.
   reflect-loadtest  a closed-loop scenario with fixed lengths and no system prompt.
 
+The server (worker and router) and the clients run on disjoint CPUs (--server-cpus,
+--client-cpus; by default the last CPU serves and the others run the client): a client that takes
+CPU from the server would change what is measured, not how — guidellm's Python client costs far
+more CPU per token than reflect-loadtest.
+
 Compares output tokens/s, requests/s, TTFT p50, inter-token latency p50 and end-to-end p50, and
 exits 1 when any differs by more than --tolerance (default 10%). Writes both tools' JSON and
 compare.json to --out. guidellm must be installed (pip install guidellm, in its own venv is
@@ -19,6 +24,7 @@ fine: --guidellm PATH). Usage:
 """
 import argparse
 import json
+import os
 import pathlib
 import shutil
 import statistics
@@ -42,7 +48,21 @@ def parse_args():
     parser.add_argument("--output-tokens", type=int, default=128)
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--tolerance", type=float, default=0.10)
+    cpus = sorted(os.sched_getaffinity(0))
+    parser.add_argument("--server-cpus", default=str(cpus[-1]),
+                        help="CPU list for the worker and router (taskset -c syntax)")
+    parser.add_argument("--client-cpus", default=",".join(map(str, cpus[:-1] or cpus)),
+                        help="CPU list for guidellm and reflect-loadtest")
     return parser.parse_args()
+
+
+def cpu_count(cpu_list):
+    """How many CPUs a taskset -c list ("0", "2-3,5") names."""
+    count = 0
+    for part in cpu_list.split(","):
+        first, _, last = part.partition("-")
+        count += int(last or first) - int(first) + 1
+    return count
 
 
 def run_guidellm(args, http_address):
@@ -59,7 +79,7 @@ def run_guidellm(args, http_address):
     config_path = args.out / "guidellm-config.json"
     config_path.write_text(json.dumps({"spec": config}, indent=2))
     report_path = args.out / "guidellm.json"
-    argv = [args.guidellm, "run", "-c", str(config_path), "--output",
+    argv = ["taskset", "-c", args.client_cpus, args.guidellm, "run", "-c", str(config_path), "--output",
             f"kind=json,path={report_path}", "--disable-console-interactive"]
     print("$", " ".join(argv), flush=True)
     if subprocess.run(argv).returncode != 0:
@@ -82,7 +102,8 @@ def run_loadtest(args, router):
     scenario_path = args.out / "loadtest-scenario.json"
     scenario_path.write_text(json.dumps(scenario, indent=2))
     report_path = args.out / "loadtest.json"
-    argv = [str(args.build_dir / "loadtest/reflect-loadtest"), f"--scenario={scenario_path}",
+    argv = ["taskset", "-c", args.client_cpus, str(args.build_dir / "loadtest/reflect-loadtest"),
+            f"--scenario={scenario_path}",
             f"--http_target={router.addresses['http']}", f"--json_out={report_path}"]
     print("$", " ".join(argv), flush=True)
     if subprocess.run(argv).returncode != 0:
@@ -122,10 +143,13 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     log_dir = args.out / "logs"
     log_dir.mkdir(exist_ok=True)
-    worker = Server("worker", [str(args.build_dir / "worker/reflect-worker"),
-                               f"--model={args.model}", "--port=0"], log_dir, ["listening"])
+    pin = ["taskset", "-c", args.server_cpus]
+    worker = Server("worker", [*pin, str(args.build_dir / "worker/reflect-worker"),
+                               f"--model={args.model}", "--port=0",
+                               f"--threads={cpu_count(args.server_cpus)}"],
+                    log_dir, ["listening"])
     router = Server("router", [
-        str(args.build_dir / "router/reflect-router"), f"--model={args.model}",
+        *pin, str(args.build_dir / "router/reflect-router"), f"--model={args.model}",
         f"--replicas={worker.addresses['listening']}", "--host=127.0.0.1", "--grpc_port=0",
         "--http_port=0"], log_dir, ["grpc", "http"])
     try:
