@@ -2,19 +2,20 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <utility>
 
-#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/status_macros.h"
 #include "worker/cpu/matmul.h"
 #include "worker/cpu/paged_attention.h"
 #include "worker/cpu/rms_norm.h"
+#include "worker/step_plan_checks.h"
 
 namespace reflect::cpu {
 namespace {
 
-// Positions beyond this are refused before any index arithmetic could overflow.
+// Positions from this on are refused before any index arithmetic could overflow.
 constexpr int64_t kMaxPosition = int64_t{1} << 40;
 
 }  // namespace
@@ -54,21 +55,6 @@ absl::StatusOr<std::unique_ptr<CpuStage>> CpuStage::Create(
   return stage;
 }
 
-absl::Status CpuStage::ValidateSwaps(const std::vector<BlockSwap>& swaps,
-                                     const char* direction) const {
-  const int64_t num_blocks = cache_.num_blocks();
-  const int64_t num_host_blocks = host_cache_.has_value() ? host_cache_->num_blocks() : 0;
-  for (const BlockSwap& swap : swaps) {
-    if (swap.device_block < 0 || swap.device_block >= num_blocks || swap.host_block < 0 ||
-        swap.host_block >= num_host_blocks) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "%s of device block %d / host block %d: ids must be in [0, %d) and [0, %d)", direction,
-          swap.device_block, swap.host_block, num_blocks, num_host_blocks));
-    }
-  }
-  return absl::OkStatus();
-}
-
 void CpuStage::ApplyBlockOperations(const StepPlan& plan) {
   for (const BlockSwap& swap : plan.swap_out) {
     host_cache_->CopyBlockFrom(cache_, swap.device_block, swap.host_block);
@@ -82,50 +68,15 @@ void CpuStage::ApplyBlockOperations(const StepPlan& plan) {
 }
 
 absl::Status CpuStage::Validate(const StepPlan& plan) const {
-  REFLECT_RETURN_IF_ERROR(ValidateSwaps(plan.swap_out, "swap-out"));
-  REFLECT_RETURN_IF_ERROR(ValidateSwaps(plan.swap_in, "swap-in"));
-  const int64_t num_blocks = cache_.num_blocks();
-  for (const BlockCopy& copy : plan.block_copies) {
-    if (copy.source_block < 0 || copy.source_block >= num_blocks || copy.destination_block < 0 ||
-        copy.destination_block >= num_blocks) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("block copy %d -> %d: block ids must be in [0, %d)", copy.source_block,
-                          copy.destination_block, num_blocks));
-    }
-  }
-  for (const ScheduledSequence& sequence : plan.sequences) {
-    if (sequence.token_ids.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("sequence %d: no tokens to run", sequence.sequence_id));
-    }
-    if (sequence.start_position < 0 || sequence.start_position > kMaxPosition) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("sequence %d: start_position %d out of range", sequence.sequence_id,
-                          sequence.start_position));
-    }
-    for (const int32_t token : sequence.token_ids) {
-      if (token < 0 || token >= full_vocab_size_) {
-        return absl::InvalidArgumentError(
-            absl::StrFormat("sequence %d: token id %d outside the vocabulary [0, %d)",
-                            sequence.sequence_id, token, full_vocab_size_));
-      }
-    }
-    const int64_t end = sequence.start_position + static_cast<int64_t>(sequence.token_ids.size());
-    const int64_t blocks_needed = (end + cache_.block_size() - 1) / cache_.block_size();
-    if (static_cast<int64_t>(sequence.block_table.size()) < blocks_needed) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("sequence %d: block table has %d blocks, positions up to %d need %d",
-                          sequence.sequence_id, sequence.block_table.size(), end, blocks_needed));
-    }
-    for (int64_t index = 0; index < blocks_needed; ++index) {
-      const int32_t block = sequence.block_table[index];
-      if (block < 0 || block >= num_blocks) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "sequence %d: block id %d outside [0, %d)", sequence.sequence_id, block, num_blocks));
-      }
-    }
-  }
-  return absl::OkStatus();
+  StepLimits limits;
+  limits.vocab_size = full_vocab_size_;
+  limits.num_kv_blocks = cache_.num_blocks();
+  limits.num_host_blocks = host_cache_.has_value() ? host_cache_->num_blocks() : 0;
+  limits.block_size = cache_.block_size();
+  limits.max_tokens = std::numeric_limits<int64_t>::max();  // scratch grows with the batch
+  limits.max_sequences = std::numeric_limits<int64_t>::max();
+  limits.max_context = kMaxPosition;
+  return ValidateStepPlan(plan, limits);
 }
 
 void CpuStage::BeginBatch(std::span<const ScheduledSequence> sequences) {

@@ -48,7 +48,8 @@ class CpuStage {
       const ShardedModel& model, const CpuBackendOptions& options, Communicator* tensor,
       std::shared_ptr<const void> weights_owner);
 
-  // Checks block ids, token ids (against the whole vocabulary), positions and block tables.
+  // Checks block ids, token ids (against the whole vocabulary), positions (below 2^40) and
+  // block tables: ValidateStepPlan (worker/step_plan_checks.h) with this stage's limits.
   absl::Status Validate(const StepPlan& plan) const;
   // swap_out, block_copies, swap_in: the order of scheduler/step_plan.h; on a validated plan.
   void ApplyBlockOperations(const StepPlan& plan);
@@ -83,7 +84,6 @@ class CpuStage {
   CpuStage(const ShardedModel& model, const CpuBackendOptions& options, Communicator* tensor,
            std::shared_ptr<const void> weights_owner);
 
-  absl::Status ValidateSwaps(const std::vector<BlockSwap>& swaps, const char* direction) const;
   absl::Status RunLayer(int64_t layer);
   void RotateAndStore(int64_t layer);
   void Attend(int64_t layer);

@@ -1,6 +1,6 @@
-// The host side of a CUDA backend step (cuda_backend.h): checking a StepPlan against the
-// backend's limits, and packing what the kernels need per token and per sequence into one int32
-// array that a single pinned → device copy uploads.
+// The host side of a CUDA backend step (cuda_backend.h; the plan is checked first with
+// worker/step_plan_checks.h): packing what the kernels need per token and per sequence into one
+// int32 array that a single pinned → device copy uploads.
 //
 // Layout of the packed array (StepLayout gives the offsets):
 //   token_ids[tokens] | positions[tokens] | token_sequence[tokens] | logit_rows[logit_rows] |
@@ -17,23 +17,9 @@
 
 #include "absl/status/status.h"
 #include "scheduler/step_plan.h"
+#include "worker/step_plan_checks.h"
 
 namespace reflect::cuda {
-
-// What a plan may ask of the backend.
-struct StepLimits {
-  int64_t vocab_size = 0;
-  int64_t num_kv_blocks = 0;  // block ids the scheduler may use: [0, num_kv_blocks)
-  int64_t num_host_blocks = 0;
-  int64_t block_size = 0;
-  int64_t max_tokens = 0;     // per step
-  int64_t max_sequences = 0;  // per step
-  int64_t max_context = 0;    // positions must stay below it
-};
-
-// INVALID_ARGUMENT naming the first problem: a block id, host block id, token id or position out
-// of range, a block table too short, a sequence without tokens, too many tokens or sequences.
-absl::Status ValidateStepPlan(const StepPlan& plan, const StepLimits& limits);
 
 // True when every sequence runs exactly one token and needs its logits (a decode step; there is
 // at least one sequence): such steps can replay a CUDA graph.
