@@ -32,10 +32,6 @@ constexpr uint64_t kMaxHeaderBytes = 100 << 20;
 
 absl::string_view View(std::string_view text) { return {text.data(), text.size()}; }
 
-std::string ShapeText(std::span<const int64_t> shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-
 // A whole file mapped read-only. Private mapping: nothing we do can reach the file.
 class MappedFile {
  public:
@@ -241,14 +237,9 @@ class SafetensorsCheckpoint final : public Checkpoint {
       return absl::NotFoundError(
           absl::StrCat("tensor '", View(name), "' not found in checkpoint ", model_dir_.string()));
     }
-    const TensorView& view = found->second.view;
-    if (!std::equal(view.shape.begin(), view.shape.end(), expected_shape.begin(),
-                    expected_shape.end())) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor '", View(name), "' in ", found->second.file->path().string(), " has shape ",
-          ShapeText(view.shape), ", expected ", ShapeText(expected_shape)));
-    }
-    return view;
+    return WithExpectedShape(found->second.view, name,
+                             absl::StrCat("in ", found->second.file->path().string()),
+                             expected_shape);
   }
 
   bool Contains(std::string_view name) const override {
@@ -355,6 +346,22 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(
   }
   REFLECT_RETURN_IF_ERROR(checkpoint->AddFile(single_path));
   return checkpoint;
+}
+
+absl::StatusOr<TensorView> WithExpectedShape(const TensorView& view, std::string_view name,
+                                             std::string_view where,
+                                             std::span<const int64_t> expected_shape) {
+  if (std::equal(view.shape.begin(), view.shape.end(), expected_shape.begin(),
+                 expected_shape.end())) {
+    return view;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("tensor '", View(name), "' ", View(where),
+                                                 " has shape ", ShapeText(view.shape),
+                                                 ", expected ", ShapeText(expected_shape)));
+}
+
+std::string ShapeText(std::span<const int64_t> shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
 
 }  // namespace reflect

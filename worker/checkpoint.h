@@ -47,4 +47,13 @@ class Checkpoint {
   virtual std::vector<std::string> TensorNames() const = 0;
 };
 
+// For Checkpoint implementations' Get: `view` when its shape is `expected_shape`, else
+// INVALID_ARGUMENT "tensor '<name>' <where> has shape [..], expected [..]".
+absl::StatusOr<TensorView> WithExpectedShape(const TensorView& view, std::string_view name,
+                                             std::string_view where,
+                                             std::span<const int64_t> expected_shape);
+
+// "[2, 3]".
+std::string ShapeText(std::span<const int64_t> shape);
+
 }  // namespace reflect

@@ -12,7 +12,6 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "tools/reflect/weight_generator.h"
 
 namespace reflect::cli {
@@ -20,10 +19,6 @@ namespace {
 
 constexpr int64_t kChunkElements = int64_t{1} << 20;
 constexpr int64_t kTensorAlignment = 64;  // bytes between tensor starts: a cache line
-
-std::string ShapeText(std::span<const int64_t> shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
 
 class RandomCheckpoint final : public Checkpoint {
  public:
@@ -37,14 +32,7 @@ class RandomCheckpoint final : public Checkpoint {
       return absl::NotFoundError(
           absl::StrCat("tensor '", std::string(name), "' not found in the random weights"));
     }
-    const TensorView& view = found->second;
-    if (!std::equal(view.shape.begin(), view.shape.end(), expected_shape.begin(),
-                    expected_shape.end())) {
-      return absl::InvalidArgumentError(absl::StrCat("random tensor '", std::string(name),
-                                                     "' has shape ", ShapeText(view.shape),
-                                                     ", expected ", ShapeText(expected_shape)));
-    }
-    return view;
+    return WithExpectedShape(found->second, name, "of the random weights", expected_shape);
   }
 
   bool Contains(std::string_view name) const override {
