@@ -151,10 +151,12 @@ absl::StatusOr<std::vector<absl::Duration>> ArrivalTimes(const ArrivalPattern& p
   const double total_arrivals = schedule->CumulativeIntensity(run_length);
   std::mt19937_64 generator(seed);
   // Unit mean: shape b, scale 1/b.
-  std::gamma_distribution<double> gap(pattern.burstiness, 1.0 / pattern.burstiness);
+  std::gamma_distribution<double> random_gap(pattern.burstiness, 1.0 / pattern.burstiness);
+  const auto gap = [&] { return pattern.even_spacing ? 1.0 : random_gap(generator); };
   std::vector<absl::Duration> times;
   times.reserve(static_cast<size_t>(total_arrivals * 1.1) + 16);
-  for (double unit_time = gap(generator); unit_time < total_arrivals; unit_time += gap(generator)) {
+  for (double unit_time = pattern.even_spacing ? 0.0 : gap(); unit_time < total_arrivals;
+       unit_time += gap()) {
     const absl::Duration at = absl::Seconds(schedule->InverseCumulativeIntensitySeconds(unit_time));
     if (at >= run_length) break;  // rounding at the very end of the run
     times.push_back(at);

@@ -3,8 +3,11 @@
 //
 // The process is a renewal process with unit-mean gamma inter-arrival times of shape
 // `burstiness` (vLLM's benchmark convention: 1 is Poisson; below 1 is burstier, with coefficient
-// of variation 1/sqrt(burstiness)). Its unit-rate arrival times are mapped through the inverse of
-// the profile's cumulative intensity (time rescaling), so every profile works with every process.
+// of variation 1/sqrt(burstiness); the first arrival is one gap after the start), or, with
+// `even_spacing`, exactly one unit apart from the start on (the limit of burstiness → ∞, as
+// guidellm's "constant" profile: rate r for T s sends at 0, 1/r, ... r·T requests). Its unit-rate
+// arrival times are mapped through the inverse of the profile's cumulative intensity (time
+// rescaling), so every profile works with every process.
 // Everything here is pure computation: no I/O, no clocks, no shared state.
 #pragma once
 
@@ -39,7 +42,8 @@ RateProfile ScaleRates(const RateProfile& profile, double factor);
 
 struct ArrivalPattern {
   RateProfile rate;
-  double burstiness = 1.0;  // > 0: gamma shape; 1 is Poisson
+  double burstiness = 1.0;    // > 0: gamma shape; 1 is Poisson (ignored with even_spacing)
+  bool even_spacing = false;  // unit gaps exactly, no randomness
 };
 
 // A validated rate profile over a run of known length. Immutable; cheap to copy.

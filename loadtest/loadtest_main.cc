@@ -59,6 +59,10 @@ ABSL_FLAG(std::string, replica_metrics, "",
 ABSL_FLAG(double, rate_scale, 1.0, "Multiplies every arrival rate of an open-loop scenario");
 ABSL_FLAG(double, run_length_seconds, 0, "Overrides the scenario's run length when > 0");
 ABSL_FLAG(int32_t, concurrency, 0, "Overrides a closed-loop scenario's concurrency when > 0");
+ABSL_FLAG(int64_t, max_requests, 0, "Overrides the scenario's max_requests when > 0");
+ABSL_FLAG(double, start_at, 0,
+          "Unix time (seconds) to start the run at, after the probe request; 0: at once. Exit 2 "
+          "when it has passed by then");
 ABSL_FLAG(std::string, api_key, "", "API key; default: $REFLECT_API_KEY");
 ABSL_FLAG(std::string, model, "", "Model name to ask for; empty: the server's default");
 ABSL_FLAG(std::string, json_out, "", "Where to write the JSON report; empty: nowhere");
@@ -152,6 +156,9 @@ absl::StatusOr<Scenario> ScenarioFromFlags(const std::string& path, const std::s
         "--concurrency must be positive and applies to closed-loop scenarios only");
   }
   if (concurrency > 0) scenario->concurrency = concurrency;
+  const int64_t max_requests = absl::GetFlag(FLAGS_max_requests);
+  if (max_requests < 0) return absl::InvalidArgumentError("--max_requests must be positive");
+  if (max_requests > 0) scenario->max_requests = max_requests;
   if (scenario->mode == LoopMode::kOpen) {
     absl::StatusOr<RateSchedule> schedule =
         RateSchedule::Create(scenario->arrivals.rate, scenario->run_length);
@@ -254,6 +261,8 @@ nlohmann::json ReportJson(const LoadReport& report, const RunResult& result,
       {"document", nlohmann::json::parse(scenario_text)},
       {"rate_scale", absl::GetFlag(FLAGS_rate_scale)},
       {"run_length_seconds", absl::ToDoubleSeconds(scenario.run_length)},
+      {"max_requests", scenario.max_requests.has_value() ? nlohmann::json(*scenario.max_requests)
+                                                         : nlohmann::json(nullptr)},
       {"concurrency", scenario.mode == LoopMode::kClosed ? nlohmann::json(scenario.concurrency)
                                                          : nlohmann::json(nullptr)}};
   json["send_lateness"] = nullptr;
@@ -328,6 +337,11 @@ int Main(const std::string& command_line) {
   driver_options.sampler.router_address = metrics_target;
   driver_options.sampler.replica_addresses =
       absl::StrSplit(absl::GetFlag(FLAGS_replica_metrics), ',', absl::SkipEmpty());
+  const double start_at = absl::GetFlag(FLAGS_start_at);
+  if (start_at < 0 || !std::isfinite(start_at)) {
+    return Fail(2, "--start_at must be a Unix time in seconds");
+  }
+  if (start_at > 0) driver_options.start_at = absl::FromUnixSeconds(0) + absl::Seconds(start_at);
   RunDriver driver(**client, driver_options);
   absl::StatusOr<RunResult> result = driver.Run(*scenario);
   if (!result.ok()) return Fail(2, std::string(result.status().message()));
@@ -337,7 +351,7 @@ int Main(const std::string& command_line) {
   run.command_line = command_line;
   run.protocol = protocol_name;
   run.start_wall_time = result->start_wall_time;
-  run.run_length = scenario->run_length;
+  run.run_length = result->sending_window;
   run.machine_description = MachineDescription();
   run.planned_requests = result->sent;
   const LoadReport report = Summarize(run, result->records, result->samples, SloOf(scenario->slo));

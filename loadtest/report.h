@@ -11,8 +11,8 @@
 //   with both times and at least two output tokens. Rejection latency is the end_to_end of
 //   rejected requests.
 // - A request ends at sent + end_to_end, or at `sent` when end_to_end is missing.
-// - Rates over the run divide by RunInfo::run_length, or, when that is zero, by the latest end
-//   of any request; they are 0 when both are zero.
+// - Rates over the run divide by the later of RunInfo::run_length and the latest end of any
+//   request; they are 0 when both are zero.
 // - Goodput counts ok requests that met every SLO that is set: TTFT, time to first output token
 //   and end to end each ≤ its target, and the request's own p99 inter-token latency ≤ its
 //   target. A missing measurement fails a set target, except that a request with no inter-token
@@ -56,7 +56,7 @@ struct RunInfo {
   std::string command_line;
   std::string protocol;  // "grpc" or "http"
   absl::Time start_wall_time = absl::UnixEpoch();
-  absl::Duration run_length = absl::ZeroDuration();
+  absl::Duration run_length = absl::ZeroDuration();  // how long requests were sent for
   std::string machine_description;
   std::optional<int64_t> planned_requests;  // when known, "lost" = planned − recorded
 };

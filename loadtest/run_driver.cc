@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "loadtest/arrivals.h"
 #include "loadtest/report.h"
@@ -45,6 +47,10 @@ absl::StatusOr<RunResult> RunDriver::Run(const Scenario& scenario) {
         PlanRequests(scenario.workload, *send_times, scenario.seed);
     if (!planned.ok()) return planned.status();
     plan = *std::move(planned);
+    if (scenario.max_requests.has_value() &&
+        *scenario.max_requests < static_cast<int64_t>(plan.size())) {
+      plan.resize(static_cast<size_t>(*scenario.max_requests));
+    }
   } else {
     absl::StatusOr<RequestGenerator> created =
         RequestGenerator::Create(scenario.workload, scenario.seed);
@@ -53,14 +59,24 @@ absl::StatusOr<RunResult> RunDriver::Run(const Scenario& scenario) {
   }
 
   RunResult result;
-  const absl::Time run_start = absl::Now();
+  absl::Time run_start = absl::Now();
+  if (options_.start_at.has_value()) {
+    if (*options_.start_at < run_start) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the start time passed ", absl::FormatDuration(run_start - *options_.start_at), " ago"));
+    }
+    absl::SleepFor(*options_.start_at - run_start);
+    run_start = *options_.start_at;
+  }
   result.start_wall_time = run_start;
   std::unique_ptr<MetricsSampler> sampler;
   if (!options_.sampler.router_address.empty()) {
     sampler = std::make_unique<MetricsSampler>(options_.sampler, run_start);
   }
   auto collector = std::make_shared<Collector>();
+  absl::Time last_send = run_start;
   auto send = [&](const PlannedRequest& request) {
+    last_send = absl::Now();
     {
       std::lock_guard<std::mutex> lock(collector->mutex);
       ++collector->in_flight;
@@ -87,7 +103,7 @@ absl::StatusOr<RunResult> RunDriver::Run(const Scenario& scenario) {
     result.lateness = SummarizeLateness(std::move(lateness));
   } else {
     const auto run_end = absl::ToChronoTime(run_start + scenario.run_length);
-    for (int64_t index = 0;; ++index) {
+    for (int64_t index = 0; index < scenario.max_requests.value_or(INT64_MAX); ++index) {
       {
         std::unique_lock<std::mutex> lock(collector->mutex);
         const bool room = collector->changed.wait_until(
@@ -97,6 +113,11 @@ absl::StatusOr<RunResult> RunDriver::Run(const Scenario& scenario) {
       send(generator->NextRequest(index));
     }
   }
+
+  const bool stopped_by_count = scenario.max_requests.has_value() &&
+                                result.sent == *scenario.max_requests &&
+                                last_send < run_start + scenario.run_length;
+  result.sending_window = stopped_by_count ? last_send - run_start : scenario.run_length;
 
   const auto drain_deadline =
       absl::ToChronoTime(absl::Now() + scenario.client_timeout + options_.drain_grace);

@@ -5,6 +5,8 @@
 // sleeps and sends (never waits for answers), however late it falls; how late each send was is
 // reported. Closed loop: `concurrency` requests are kept in flight, the next one sent as soon as
 // one ends, until the run length has passed; requests not sent by then are not part of the run.
+// With the scenario's max_requests, either loop also stops sending once that many are sent (an
+// open loop sends the first max_requests of its plan).
 // Then every sent request is waited for up to the client timeout (each request carries that
 // deadline, so all should be answered by then) plus a grace period; one still unanswered after
 // that is counted in `unanswered` and has no record.
@@ -35,7 +37,10 @@ struct SendLateness {
 
 struct RunResult {
   absl::Time start_wall_time = absl::UnixEpoch();
-  int64_t sent = 0;                    // open loop: every planned request
+  int64_t sent = 0;  // open loop: every planned request
+  // How long the run sent requests for: the run length, or the time of the last send when
+  // max_requests ended the sending before it.
+  absl::Duration sending_window = absl::ZeroDuration();
   int64_t unanswered = 0;              // sent, but no record within the drain bound
   std::vector<RequestRecord> records;  // one per answered request, by index
   std::vector<ServerSample> samples;
@@ -49,6 +54,9 @@ struct RunDriverOptions {
   MetricsSamplerOptions sampler;
   // Added to the scenario's client timeout when waiting for the last answers.
   absl::Duration drain_grace = absl::Seconds(10);
+  // When the run starts (its time zero); empty: at once. Lets several load generators start
+  // together, or in a chosen phase with one another.
+  std::optional<absl::Time> start_at;
 };
 
 // Thread-compatible; `client` must outlive the driver.
@@ -59,7 +67,7 @@ class RunDriver {
 
   // Runs `scenario` as is (overrides such as rate scaling are the caller's). Fails, before
   // sending anything, with the planning errors of ArrivalTimes, PlanRequests and
-  // RequestGenerator::Create.
+  // RequestGenerator::Create, or FailedPrecondition when options' start_at has passed.
   absl::StatusOr<RunResult> Run(const Scenario& scenario);
 
  private:

@@ -20,6 +20,7 @@ using Json = nlohmann::json;
 // Longest duration a scenario may name (a week): larger values are typos, and absl::Seconds of
 // a huge double would saturate to infinity.
 constexpr double kMaxSeconds = 7 * 24 * 3600;
+constexpr int64_t kMaxRequestsLimit = 1000000000;
 
 // Reads the keys of one JSON object with their types checked, remembering which keys were read
 // so that Finish can refuse the rest. Errors name the key as a path from the document's root.
@@ -50,8 +51,11 @@ class ObjectReader {
     return (*value)->get<std::string>();
   }
 
-  // The index in `choices` of the key's string value.
-  absl::StatusOr<int> Choice(const std::string& key, std::initializer_list<const char*> choices) {
+  // The index in `choices` of the key's string value; `fallback` when the key is absent and a
+  // fallback is given.
+  absl::StatusOr<int> Choice(const std::string& key, std::initializer_list<const char*> choices,
+                             std::optional<int> fallback = std::nullopt) {
+    if (fallback.has_value() && !Has(key)) return *fallback;
     absl::StatusOr<std::string> value = String(key);
     if (!value.ok()) return value.status();
     std::string expected;
@@ -214,6 +218,12 @@ absl::Status ReadArrivals(ObjectReader& reader, absl::Duration run_length,
     REFLECT_ASSIGN_OR_RETURN(rate.end_requests_per_second,
                              reader.Number("end_requests_per_second", 0, kMaxRate));
   }
+  int spacing = 0;
+  REFLECT_ASSIGN_OR_RETURN(spacing, reader.Choice("spacing", {"random", "even"}, 0));
+  arrivals->even_spacing = spacing == 1;
+  if (arrivals->even_spacing && reader.Has("burstiness")) {
+    return reader.Error("burstiness", "only for spacing \"random\"");
+  }
   REFLECT_ASSIGN_OR_RETURN(arrivals->burstiness, reader.Number("burstiness", 0, 1e3, 1.0));
   REFLECT_RETURN_IF_ERROR(reader.Finish());
   REFLECT_RETURN_IF_ERROR(reader.Qualify(ValidateBurstiness(arrivals->burstiness)));
@@ -242,6 +252,10 @@ absl::StatusOr<Scenario> ReadScenario(ObjectReader& root) {
   REFLECT_ASSIGN_OR_RETURN(choice, root.Choice("mode", {"open", "closed"}));
   scenario.mode = static_cast<LoopMode>(choice);
   REFLECT_ASSIGN_OR_RETURN(scenario.run_length, root.Seconds("run_length_seconds"));
+  if (root.Has("max_requests")) {
+    REFLECT_ASSIGN_OR_RETURN(scenario.max_requests,
+                             root.Integer("max_requests", 1, kMaxRequestsLimit));
+  }
   REFLECT_ASSIGN_OR_RETURN(scenario.seed, root.Seed("seed", 1));
   std::optional<ObjectReader> nested;
   if (scenario.mode == LoopMode::kOpen) {

@@ -7,11 +7,17 @@
 //   protocol                             "grpc" | "http"
 //   mode                                 "open" | "closed"
 //   run_length_seconds                   number > 0
+//   max_requests?                        integer in [1, 10^9]: send at most this many; the run
+//                                        stops sending at the count or the run length, whichever
+//                                        comes first (fixed-count runs, like guidellm's
+//                                        max_requests or vLLM's --num-prompts)
 //   seed?                                integer ≥ 0 (default 1): arrivals and request plans
 //   arrivals      (open mode only)       {profile: "constant" | "step_spike" | "linear_ramp",
 //                                         requests_per_second, end_requests_per_second (ramp),
 //                                         spike_multiplier, spike_start_seconds,
-//                                         spike_duration_seconds (spike), burstiness? (1)}
+//                                         spike_duration_seconds (spike), spacing?
+//                                         ("random" | "even"; default "random"), burstiness?
+//                                         (1; random spacing only)}
 //   concurrency   (closed mode only)     integer in [1, 100000]
 //   workload                             {prompt_tokens?, output_tokens?: length distributions,
 //                                         add_reflection_system_prompt?, temperature?,
@@ -61,6 +67,7 @@ struct Scenario {
   Protocol protocol = Protocol::kGrpc;
   LoopMode mode = LoopMode::kOpen;
   absl::Duration run_length = absl::ZeroDuration();
+  std::optional<int64_t> max_requests;  // no limit but the run length when empty
   uint64_t seed = 1;
   ArrivalPattern arrivals;  // kOpen only
   int32_t concurrency = 0;  // kClosed only

@@ -94,6 +94,29 @@ TEST(ArrivalsTest, BurstinessSetsTheGapCoefficientOfVariation) {
   }
 }
 
+TEST(ArrivalsTest, EvenSpacingSendsExactlyOneGapApartAtEveryRate) {
+  ArrivalPattern pattern = Constant(4, 1.0);
+  pattern.even_spacing = true;
+  const std::vector<absl::Duration> times = Times(pattern, absl::Seconds(10), /*seed=*/3);
+  ASSERT_EQ(times.size(), 40u);  // 0 s, 0.25 s, ... 9.75 s
+  for (size_t i = 0; i < times.size(); ++i) {
+    EXPECT_NEAR(absl::ToDoubleSeconds(times[i]), 0.25 * static_cast<double>(i), 1e-9);
+  }
+  EXPECT_EQ(Times(pattern, absl::Seconds(10), /*seed=*/4), times);  // no randomness
+
+  // Under a spike, the gaps follow the rate: 1 s, then 0.25 s, then 1 s again.
+  pattern = Constant(1, 1.0);
+  pattern.even_spacing = true;
+  pattern.rate.kind = RateProfile::Kind::kStepSpike;
+  pattern.rate.spike_multiplier = 4;
+  pattern.rate.spike_start = absl::Seconds(10);
+  pattern.rate.spike_duration = absl::Seconds(5);
+  const std::vector<absl::Duration> spiked = Times(pattern, absl::Seconds(30), /*seed=*/3);
+  EXPECT_EQ(CountIn(spiked, 0, 10), 10);   // 0 s ... 9 s
+  EXPECT_EQ(CountIn(spiked, 10, 15), 20);  // 10 s, 10.25 s ... 14.75 s
+  EXPECT_EQ(CountIn(spiked, 15, 30), 15);  // 15 s ... 29 s
+}
+
 TEST(ArrivalsTest, StepSpikeMultipliesTheRateDuringTheSpike) {
   for (double burstiness : {1.0, 0.5}) {
     SCOPED_TRACE(burstiness);

@@ -14,6 +14,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "nlohmann/json.hpp"
 #include "tests/support/process.h"
 #include "tests/support/serving_cluster.h"
@@ -167,6 +170,55 @@ TEST_F(LoadtestProgramTest, ClosedLoopCompletes) {
   EXPECT_EQ(report["outcomes"]["lost"], 0);
   EXPECT_TRUE(report["send_lateness"].is_null());
   EXPECT_EQ(report["scenario"]["concurrency"], 4);
+}
+
+// A fixed-count run: it stops sending at max_requests long before its 60 s run length, and its
+// rates divide by the time to the last answer, not by the run length.
+TEST_F(LoadtestProgramTest, MaxRequestsEndsEitherLoopAtTheCount) {
+  for (const bool open_loop : {true, false}) {
+    SCOPED_TRACE(open_loop ? "open loop" : "closed loop");
+    json scenario = ScenarioDocument("grpc", open_loop);
+    scenario["run_length_seconds"] = 60;
+    const testing::ProcessResult result =
+        Run(scenario, {"--target", cluster_->grpc_address(), "--max_requests", "6"});
+    ASSERT_EQ(result.exit_code, 0) << result.standard_error << result.standard_output;
+    const json report = Report();
+    EXPECT_EQ(report["run"]["planned_requests"], 6);
+    EXPECT_EQ(report["outcomes"]["ok"], 6);
+    EXPECT_EQ(report["scenario"]["max_requests"], 6);
+    const double sending = report["run"]["run_length_seconds"];
+    const double duration = report["throughput"]["duration_seconds"];
+    EXPECT_LT(sending, 30);  // open loop: the 6th send is due at 1 s (5 req/s)
+    EXPECT_LT(duration, 30);
+    EXPECT_GE(duration, sending);
+    EXPECT_NEAR(report["throughput"]["output_tokens_per_second"].get<double>() * duration,
+                6 * kOutputTokens, 1e-6);
+  }
+}
+
+// --start_at: the run's time zero is the given Unix time, not the program's start; a time that
+// has passed is refused with exit code 2 before anything is sent.
+TEST_F(LoadtestProgramTest, StartAtSetsTheRunsTimeZero) {
+  const absl::Time start_at = absl::Now() + absl::Seconds(3);
+  const std::string start_flag =
+      absl::StrFormat("%.6f", absl::ToDoubleSeconds(start_at - absl::UnixEpoch()));
+  testing::ProcessResult result =
+      Run(ScenarioDocument("grpc", false),
+          {"--target", cluster_->grpc_address(), "--max_requests", "2", "--start_at", start_flag});
+  ASSERT_EQ(result.exit_code, 0) << result.standard_error << result.standard_output;
+  absl::Time reported_start;
+  std::string error;
+  ASSERT_TRUE(absl::ParseTime(absl::RFC3339_full, Report()["run"]["start_time"].get<std::string>(),
+                              &reported_start, &error))
+      << error;
+  EXPECT_LT(absl::AbsDuration(reported_start - start_at), absl::Milliseconds(1));
+  EXPECT_GE(absl::Now(), start_at);
+
+  result = Run(ScenarioDocument("grpc", false),
+               {"--target", cluster_->grpc_address(), "--start_at", "1000000000"});
+  EXPECT_EQ(result.exit_code, 2);
+  EXPECT_NE(result.standard_error.find("start time passed"), std::string::npos)
+      << result.standard_error;
 }
 
 TEST(LoadtestProgramErrorsTest, MissingScenarioFileExitsTwoNamingIt) {

@@ -116,6 +116,7 @@ TEST(ScenarioTest, OptionalKeysTakeTheirDefaults) {
   ASSERT_TRUE(scenario.ok()) << scenario.status();
   const WorkloadSpec defaults;
   EXPECT_EQ(scenario->seed, 1u);
+  EXPECT_FALSE(scenario->max_requests.has_value());
   EXPECT_EQ(scenario->rate_scale_note, "");
   EXPECT_EQ(scenario->arrivals.rate.kind, RateProfile::Kind::kLinearRamp);
   EXPECT_EQ(scenario->arrivals.rate.end_requests_per_second, 9);
@@ -139,6 +140,26 @@ TEST(ScenarioTest, ClosedLoopReadsConcurrency) {
   EXPECT_EQ(scenario->concurrency, 32);
 }
 
+TEST(ScenarioTest, EvenSpacingIsReadAndRandomIsTheDefault) {
+  Json document = SpikeDocument();
+  absl::StatusOr<Scenario> scenario = Parse(document);
+  ASSERT_TRUE(scenario.ok()) << scenario.status();
+  EXPECT_FALSE(scenario->arrivals.even_spacing);
+  document["arrivals"].erase("burstiness");
+  document["arrivals"]["spacing"] = "even";
+  scenario = Parse(document);
+  ASSERT_TRUE(scenario.ok()) << scenario.status();
+  EXPECT_TRUE(scenario->arrivals.even_spacing);
+}
+
+TEST(ScenarioTest, MaxRequestsIsRead) {
+  Json document = SpikeDocument();
+  document["max_requests"] = 250;
+  absl::StatusOr<Scenario> scenario = Parse(document);
+  ASSERT_TRUE(scenario.ok()) << scenario.status();
+  EXPECT_EQ(scenario->max_requests, 250);
+}
+
 TEST(ScenarioTest, BadDocumentsFailNamingTheirField) {
   struct BadCase {
     std::string field;                  // must appear in the error message
@@ -153,6 +174,9 @@ TEST(ScenarioTest, BadDocumentsFailNamingTheirField) {
       {"run_length_seconds", [](Json& d) { d["run_length_seconds"] = -5; }},
       {"run_length_seconds", [](Json& d) { d["run_length_seconds"] = "60"; }},
       {"seed", [](Json& d) { d["seed"] = -1; }},
+      {"max_requests", [](Json& d) { d["max_requests"] = 0; }},
+      {"max_requests", [](Json& d) { d["max_requests"] = 2.5; }},
+      {"max_requests", [](Json& d) { d["max_requests"] = "100"; }},
       {"concurrency", [](Json& d) { d["concurrency"] = 4; }},
       {"concurrency",
        [](Json& d) {
@@ -173,6 +197,8 @@ TEST(ScenarioTest, BadDocumentsFailNamingTheirField) {
       {"arrivals.profile", [](Json& d) { d["arrivals"]["profile"] = "sawtooth"; }},
       {"arrivals.requests_per_second", [](Json& d) { d["arrivals"]["requests_per_second"] = -1; }},
       {"arrivals.burstiness", [](Json& d) { d["arrivals"]["burstiness"] = 0; }},
+      {"arrivals.spacing", [](Json& d) { d["arrivals"]["spacing"] = "wavy"; }},
+      {"arrivals.burstiness", [](Json& d) { d["arrivals"]["spacing"] = "even"; }},
       {"arrivals.spike_multiplier", [](Json& d) { d["arrivals"]["spike_multiplier"] = 0; }},
       {"arrivals.spike_start", [](Json& d) { d["arrivals"]["spike_start_seconds"] = 95; }},
       {"arrivals.spike_duration_seconds",
