@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <string>
@@ -94,6 +95,60 @@ TEST(ServeCliTest, RefusesBadFlags) {
       testing::RunReflect("serve", {"--model", "/nonexistent/model"});
   EXPECT_EQ(missing.exit_code, 2);
   EXPECT_NE(missing.standard_error.find("config.json"), std::string::npos);
+  const testing::ProcessResult bad_backend = testing::RunReflect(
+      "serve", {"--model", testing::TestModelPath("tiny").string(), "--backend", "tpu"});
+  EXPECT_EQ(bad_backend.exit_code, 2);
+  EXPECT_NE(bad_backend.standard_error.find("--backend"), std::string::npos);
+  const testing::ProcessResult cuda_group = testing::RunReflect(
+      "serve",
+      {"--model", testing::TestModelPath("tiny").string(), "--backend", "cuda", "--tp", "2"});
+  EXPECT_EQ(cuda_group.exit_code, 2);
+  EXPECT_NE(cuda_group.standard_error.find("one rank per replica"), std::string::npos);
+  const testing::ProcessResult bad_fraction =
+      testing::RunReflect("serve", {"--model", testing::TestModelPath("tiny").string(), "--backend",
+                                    "cuda", "--gpu_memory_utilization", "1.5"});
+  EXPECT_EQ(bad_fraction.exit_code, 2);
+  EXPECT_NE(bad_fraction.standard_error.find("--gpu_memory_utilization"), std::string::npos);
+}
+
+// --backend and the CUDA flags reach every worker, replica i on device --device + i. The workers
+// here are a stand-in script that records its command line (this machine has no GPU for a real
+// CUDA worker; tests/backend_flags_test.cc covers what reflect-worker does with these flags).
+TEST(ServeCliTest, PassesTheBackendFlagsToItsWorkers) {
+  const std::filesystem::path directory = testing::MakeTestDirectory("serve_backend");
+  const std::filesystem::path stand_in = directory / "record-worker.sh";
+  std::ofstream(stand_in) << "#!/bin/sh\necho \"$*\" > \"" << directory.string()
+                          << "/args-$$\"\nexec sleep 60\n";
+  std::filesystem::permissions(stand_in, std::filesystem::perms::owner_all);
+  ChildProcess serve({testing::ReflectBinary().string(), "serve", "--model",
+                      testing::TestModelPath("tiny").string(), "--replicas", "2", "--grpc_port",
+                      "0", "--http_port", "0", "--worker_binary", stand_in.string(), "--backend",
+                      "cuda", "--gpu_memory_utilization", "0.5", "--deterministic", "--device",
+                      "3"});
+  std::vector<std::string> recorded;
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (recorded.size() < 2 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(50));
+    recorded.clear();
+    for (const auto& entry : std::filesystem::directory_iterator(directory)) {
+      if (!entry.path().filename().string().starts_with("args-")) continue;
+      std::ifstream file(entry.path());
+      std::string line;
+      if (std::getline(file, line)) recorded.push_back(line);
+    }
+  }
+  serve.Signal(SIGINT);
+  EXPECT_EQ(serve.WaitForExit(absl::Seconds(90)), 0);
+  ASSERT_EQ(recorded.size(), 2u);
+  std::set<std::string> devices;
+  for (const std::string& line : recorded) {
+    SCOPED_TRACE(line);
+    EXPECT_NE(line.find("--backend cuda --gpu_memory_utilization 0.5 --deterministic=true "
+                        "--cuda_graphs=true --device "),
+              std::string::npos);
+    devices.insert(line.substr(line.rfind(' ') + 1));
+  }
+  EXPECT_EQ(devices, (std::set<std::string>{"3", "4"}));
 }
 
 }  // namespace

@@ -4,9 +4,9 @@
 #include <utility>
 
 #include "absl/flags/flag.h"
-#include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "tools/reflect/common_flags.h"
+#include "worker/backend_kind.h"
 #include "worker/cpu/cpu_backend.h"
 #include "worker/llama_weights.h"
 
@@ -32,11 +32,8 @@ CpuBackendOptions CpuOptions(const BackendSizing& sizing) {
 }  // namespace
 
 absl::StatusOr<bool> CudaBackendRequested() {
-  const std::string backend = absl::GetFlag(FLAGS_backend);
-  if (backend == "cpu") return false;
-  if (backend == "cuda") return true;
-  return absl::InvalidArgumentError(
-      absl::StrCat("--backend: expected cpu or cuda, found \"", backend, "\""));
+  REFLECT_ASSIGN_OR_RETURN(const BackendKind kind, ParseBackendKind(absl::GetFlag(FLAGS_backend)));
+  return kind == BackendKind::kCuda;
 }
 
 absl::StatusOr<cuda::CudaBackendOptions> CudaOptionsFromFlags(const BackendSizing& sizing) {
@@ -49,13 +46,7 @@ absl::StatusOr<cuda::CudaBackendOptions> CudaOptionsFromFlags(const BackendSizin
   options.block_size = sizing.block_size;
   options.max_tokens_per_step = sizing.max_tokens_per_step;
   options.max_sequences_per_step = sizing.max_sequences_per_step;
-  if (!(options.gpu_memory_utilization > 0.0 && options.gpu_memory_utilization <= 1.0)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--gpu_memory_utilization must be in (0, 1], got ", options.gpu_memory_utilization));
-  }
-  if (options.device < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("--device must be >= 0, got ", options.device));
-  }
+  REFLECT_RETURN_IF_ERROR(CheckCudaFlags(options.gpu_memory_utilization, options.device));
   return options;
 }
 

@@ -1,7 +1,11 @@
 // `reflect serve --model DIR [--replicas N] [--tp T] [--pp P] [--grpc_port 50051]
-// [--http_port 8000]`: the embedded cluster of DESIGN §1 on one machine — N replicas of T × P
-// reflect-worker ranks each and one reflect-router, all on loopback (the router's public ports on
-// --host), supervised by this process.
+// [--http_port 8000] [--backend cpu|cuda]`: the embedded cluster of DESIGN §1 on one machine — N
+// replicas of T × P reflect-worker ranks each and one reflect-router, all on loopback (the
+// router's public ports on --host), supervised by this process.
+//
+// Backends: --backend is passed to every worker. With cuda (one rank per replica for now, so
+// T × P must be 1), --gpu_memory_utilization, --deterministic and --cuda_graphs are passed too,
+// and replica i runs on device --device + i.
 //
 // Start-up: each replica gets a fixed loopback port (picked free at start and kept across
 // restarts, so the router's replica list stays valid), then the router starts with those
@@ -45,9 +49,11 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/model_config.h"
+#include "tools/reflect/backend_flags.h"
 #include "tools/reflect/command.h"
 #include "tools/reflect/common_flags.h"
 #include "tools/reflect/serve_examples.h"
+#include "worker/backend_kind.h"
 
 ABSL_FLAG(int32_t, replicas, 1, "serve: model replicas (reflect-worker processes)");
 ABSL_FLAG(int32_t, tp, 1, "serve: tensor-parallel ranks per replica (processes)");
@@ -291,6 +297,19 @@ void StopAll(std::vector<Child>& children) {
   }
 }
 
+// The backend flags of replica `index`'s workers.
+std::vector<std::string> BackendArguments(BackendKind backend, int index) {
+  if (backend == BackendKind::kCpu) return {"--backend", "cpu"};
+  return {"--backend",
+          "cuda",
+          "--gpu_memory_utilization",
+          absl::StrCat(absl::GetFlag(FLAGS_gpu_memory_utilization)),
+          absl::StrCat("--deterministic=", absl::GetFlag(FLAGS_deterministic) ? "true" : "false"),
+          absl::StrCat("--cuda_graphs=", absl::GetFlag(FLAGS_cuda_graphs) ? "true" : "false"),
+          "--device",
+          absl::StrCat(absl::GetFlag(FLAGS_device) + index)};
+}
+
 // The flags of every rank of replica `index` (rank 0 listens on `port`; the others ignore it).
 std::vector<std::string> WorkerArguments(const std::string& worker, const std::string& model,
                                          int port, int index, int threads,
@@ -327,6 +346,20 @@ int Run(const std::vector<char*>& positional) {
     return 2;
   }
   const int ranks = tp * pp;
+  const absl::StatusOr<BackendKind> backend = ParseBackendKind(absl::GetFlag(FLAGS_backend));
+  absl::Status backend_flags = backend.status();
+  if (backend_flags.ok() && *backend == BackendKind::kCuda) {
+    backend_flags =
+        CheckCudaFlags(absl::GetFlag(FLAGS_gpu_memory_utilization), absl::GetFlag(FLAGS_device));
+    if (backend_flags.ok() && ranks > 1) {
+      backend_flags = absl::InvalidArgumentError(
+          "--backend cuda runs one rank per replica for now: --tp × --pp must be 1");
+    }
+  }
+  if (!backend_flags.ok()) {
+    std::fprintf(stderr, "reflect serve: %s\n", std::string(backend_flags.message()).c_str());
+    return 2;
+  }
   if (!std::filesystem::exists(std::filesystem::path(model) / "config.json")) {
     std::fprintf(stderr, "reflect serve: %s has no config.json\n", model.c_str());
     return 2;
@@ -359,6 +392,9 @@ int Run(const std::vector<char*>& positional) {
       child.group = ranks > 1 ? index : -1;
       child.rank = rank;
       child.arguments = WorkerArguments(worker, model, port, index, threads, served_model_name);
+      const std::vector<std::string> backend_arguments = BackendArguments(*backend, index);
+      child.arguments.insert(child.arguments.end(), backend_arguments.begin(),
+                             backend_arguments.end());
       if (ranks > 1) {
         child.arguments.insert(
             child.arguments.end(),

@@ -1,18 +1,10 @@
 #include "worker/replica/backend_choice.h"
 
-#include <string>
-
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace reflect {
-
-absl::StatusOr<BackendKind> ParseBackendKind(std::string_view name) {
-  if (name == "cpu") return BackendKind::kCpu;
-  if (name == "cuda") return BackendKind::kCuda;
-  return absl::InvalidArgumentError(
-      absl::StrCat("--backend: expected cpu or cuda, found \"", std::string(name), "\""));
-}
 
 int64_t KvBlockBytes(const ModelConfig& model, int64_t block_size, int64_t bytes_per_element) {
   return 2 * bytes_per_element * model.num_hidden_layers * model.num_key_value_heads *
@@ -52,13 +44,7 @@ absl::StatusOr<cuda::CudaBackendOptions> CudaOptionsFor(const WorkerBackendFlags
                      "(--tensor_parallel × --pipeline_parallel is ",
                      world_size, ", must be 1)"));
   }
-  if (!(flags.gpu_memory_utilization > 0.0 && flags.gpu_memory_utilization <= 1.0)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--gpu_memory_utilization must be in (0, 1], got ", flags.gpu_memory_utilization));
-  }
-  if (flags.device < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("--device must be >= 0, got ", flags.device));
-  }
+  REFLECT_RETURN_IF_ERROR(CheckCudaFlags(flags.gpu_memory_utilization, flags.device));
   cuda::CudaBackendOptions options;
   options.device = flags.device;
   options.gpu_memory_utilization = flags.gpu_memory_utilization;

@@ -18,19 +18,14 @@
 #pragma once
 
 #include <cstdint>
-#include <string_view>
 
 #include "absl/status/statusor.h"
 #include "common/model_config.h"
+#include "worker/backend_kind.h"
 #include "worker/cpu/cpu_backend.h"
 #include "worker/cuda/cuda_backend.h"
 
 namespace reflect {
-
-enum class BackendKind { kCpu, kCuda };
-
-// "cpu" or "cuda"; INVALID_ARGUMENT naming the flag otherwise.
-absl::StatusOr<BackendKind> ParseBackendKind(std::string_view name);
 
 // reflect-worker's backend flags, as parsed.
 struct WorkerBackendFlags {
