@@ -53,6 +53,22 @@ absl::Status CheckHeads(int64_t heads, int64_t kv_heads, const char* op) {
   return absl::OkStatus();
 }
 
+// The checks and launch of a conversion: INVALID_ARGUMENT for a negative count or, when there is
+// something to convert, a null pointer; nothing to do for none.
+template <typename From, typename To>
+absl::Status Convert(const char* name,
+                     cudaError_t (*launch)(const From*, int64_t, To*, cudaStream_t),
+                     const From* input, int64_t count, To* out, cudaStream_t stream) {
+  if (count < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": count ", count, " is negative"));
+  }
+  if (count == 0) return absl::OkStatus();
+  if (input == nullptr || out == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": null input or out"));
+  }
+  return Launched(launch(input, count, out, stream), name);
+}
+
 }  // namespace
 
 absl::Status EmbedTokens(const int32_t* token_ids, int64_t tokens, const Bf16* table,
@@ -204,25 +220,11 @@ absl::Status CopyBlocks(Bf16* const* layer_caches, int64_t layers, const int32_t
 }
 
 absl::Status FloatToBf16(const float* input, int64_t count, Bf16* out, cudaStream_t stream) {
-  if (count < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("FloatToBf16: count ", count, " is negative"));
-  }
-  if (count == 0) return absl::OkStatus();
-  if (input == nullptr || out == nullptr) {
-    return absl::InvalidArgumentError("FloatToBf16: null input or out");
-  }
-  return Launched(kernels::FloatToBf16(input, count, out, stream), "FloatToBf16");
+  return Convert("FloatToBf16", kernels::FloatToBf16, input, count, out, stream);
 }
 
 absl::Status Bf16ToFloat(const Bf16* input, int64_t count, float* out, cudaStream_t stream) {
-  if (count < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("Bf16ToFloat: count ", count, " is negative"));
-  }
-  if (count == 0) return absl::OkStatus();
-  if (input == nullptr || out == nullptr) {
-    return absl::InvalidArgumentError("Bf16ToFloat: null input or out");
-  }
-  return Launched(kernels::Bf16ToFloat(input, count, out, stream), "Bf16ToFloat");
+  return Convert("Bf16ToFloat", kernels::Bf16ToFloat, input, count, out, stream);
 }
 
 }  // namespace reflect::cuda

@@ -87,22 +87,24 @@ __global__ void CopyBlocksKernel(Bf16* const* layer_caches, const int32_t* sourc
   }
 }
 
+__device__ __forceinline__ Bf16 Converted(float value, Bf16*) { return __float2bfloat16_rn(value); }
+__device__ __forceinline__ float Converted(Bf16 value, float*) { return __bfloat162float(value); }
+
+// out[i] = input[i] in the other type (to bf16: round to nearest even), grid-stride.
+template <typename From, typename To>
 __global__ void __launch_bounds__(kThreads)
-    FloatToBf16Kernel(const float* input, int64_t count, Bf16* out) {
+    ConvertKernel(const From* input, int64_t count, To* out) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t index = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; index < count;
        index += stride) {
-    out[index] = __float2bfloat16_rn(input[index]);
+    out[index] = Converted(input[index], out);
   }
 }
 
-__global__ void __launch_bounds__(kThreads)
-    Bf16ToFloatKernel(const Bf16* input, int64_t count, float* out) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
-  for (int64_t index = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; index < count;
-       index += stride) {
-    out[index] = __bfloat162float(input[index]);
-  }
+template <typename From, typename To>
+cudaError_t LaunchConvert(const From* input, int64_t count, To* out, cudaStream_t stream) {
+  ConvertKernel<<<GridStrideBlocks(count, kThreads), kThreads, 0, stream>>>(input, count, out);
+  return cudaGetLastError();
 }
 
 }  // namespace
@@ -144,13 +146,11 @@ cudaError_t CopyBlocks(Bf16* const* layer_caches, int64_t layers, const int32_t*
 }
 
 cudaError_t FloatToBf16(const float* input, int64_t count, Bf16* out, cudaStream_t stream) {
-  FloatToBf16Kernel<<<GridStrideBlocks(count, kThreads), kThreads, 0, stream>>>(input, count, out);
-  return cudaGetLastError();
+  return LaunchConvert(input, count, out, stream);
 }
 
 cudaError_t Bf16ToFloat(const Bf16* input, int64_t count, float* out, cudaStream_t stream) {
-  Bf16ToFloatKernel<<<GridStrideBlocks(count, kThreads), kThreads, 0, stream>>>(input, count, out);
-  return cudaGetLastError();
+  return LaunchConvert(input, count, out, stream);
 }
 
 }  // namespace reflect::cuda::kernels

@@ -83,39 +83,52 @@ static_assert(sizeof(SharedState) <= 48 * 1024, "the sampling kernel's static sh
 __device__ __forceinline__ int LaneId() { return static_cast<int>(threadIdx.x) % kWarpSize; }
 __device__ __forceinline__ int WarpId() { return static_cast<int>(threadIdx.x) / kWarpSize; }
 
-__device__ __forceinline__ unsigned long long WarpSum(unsigned long long value) {
+struct Plus {
+  __device__ unsigned long long operator()(unsigned long long a, unsigned long long b) const {
+    return a + b;
+  }
+};
+struct Larger {
+  __device__ unsigned long long operator()(unsigned long long a, unsigned long long b) const {
+    return max(a, b);
+  }
+};
+
+// `combine` over the 32 lanes' values, returned to every lane.
+template <typename Combine>
+__device__ __forceinline__ unsigned long long WarpReduce(unsigned long long value,
+                                                         Combine combine) {
   for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
-    value += __shfl_xor_sync(kFullMask, value, offset);
+    value = combine(value, __shfl_xor_sync(kFullMask, value, offset));
   return value;
 }
 
-__device__ __forceinline__ unsigned long long WarpMax(unsigned long long value) {
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
-    value = max(value, __shfl_xor_sync(kFullMask, value, offset));
-  return value;
-}
-
-// The sum (or maximum) of every thread's value, returned to every thread. All threads call it.
-__device__ __forceinline__ unsigned long long BlockSum(unsigned long long value,
-                                                       SharedState& shared) {
-  value = WarpSum(value);
+// `combine` over every thread's value (0 is its identity), returned to every thread. All threads
+// call it.
+template <typename Combine>
+__device__ __forceinline__ unsigned long long BlockReduce(unsigned long long value,
+                                                          SharedState& shared, Combine combine) {
+  value = WarpReduce(value, combine);
   if (LaneId() == 0) shared.warp_mass[WarpId()] = value;
   __syncthreads();
   unsigned long long total = 0;
-  for (int warp = 0; warp < kWarps; ++warp) total += shared.warp_mass[warp];
+  for (int warp = 0; warp < kWarps; ++warp) total = combine(total, shared.warp_mass[warp]);
   __syncthreads();  // warp_mass is free again
   return total;
 }
 
+__device__ __forceinline__ unsigned long long WarpSum(unsigned long long value) {
+  return WarpReduce(value, Plus{});
+}
+
+__device__ __forceinline__ unsigned long long BlockSum(unsigned long long value,
+                                                       SharedState& shared) {
+  return BlockReduce(value, shared, Plus{});
+}
+
 __device__ __forceinline__ unsigned long long BlockMax(unsigned long long value,
                                                        SharedState& shared) {
-  value = WarpMax(value);
-  if (LaneId() == 0) shared.warp_mass[WarpId()] = value;
-  __syncthreads();
-  unsigned long long largest = 0;
-  for (int warp = 0; warp < kWarps; ++warp) largest = max(largest, shared.warp_mass[warp]);
-  __syncthreads();
-  return largest;
+  return BlockReduce(value, shared, Larger{});
 }
 
 // Adds one token (count 1, `mass`) to bin `bin` of a shared histogram; bin -1 adds nothing.
