@@ -29,16 +29,19 @@ TEST(BackendKindTest, ParsesCpuAndCudaOnly) {
 }
 
 TEST(BackendKindTest, CudaFlagRanges) {
-  EXPECT_TRUE(CheckCudaFlags(0.9, 0).ok());
-  EXPECT_TRUE(CheckCudaFlags(1.0, 7).ok());
+  EXPECT_TRUE(CheckCudaFlags(0.9, 0, 1).ok());
+  EXPECT_TRUE(CheckCudaFlags(1.0, 7, 1).ok());
   for (const double fraction : {0.0, -0.5, 1.01, std::nan("")}) {
-    const absl::Status status = CheckCudaFlags(fraction, 0);
+    const absl::Status status = CheckCudaFlags(fraction, 0, 1);
     EXPECT_TRUE(absl::IsInvalidArgument(status)) << fraction;
     EXPECT_NE(status.message().find("--gpu_memory_utilization"), absl::string_view::npos);
   }
-  const absl::Status device = CheckCudaFlags(0.9, -1);
+  const absl::Status device = CheckCudaFlags(0.9, -1, 1);
   EXPECT_TRUE(absl::IsInvalidArgument(device));
   EXPECT_NE(device.message().find("--device"), absl::string_view::npos);
+  const absl::Status group = CheckCudaFlags(0.9, 0, 4);
+  EXPECT_TRUE(absl::IsInvalidArgument(group));
+  EXPECT_NE(group.message().find("one rank per replica"), absl::string_view::npos);
 }
 
 // The tiny test model's shape: 4 layers, 2 KV heads of 32.

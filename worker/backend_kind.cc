@@ -13,7 +13,13 @@ absl::StatusOr<BackendKind> ParseBackendKind(std::string_view name) {
       absl::StrCat("--backend: expected cpu or cuda, found \"", std::string(name), "\""));
 }
 
-absl::Status CheckCudaFlags(double gpu_memory_utilization, int device) {
+absl::Status CheckCudaFlags(double gpu_memory_utilization, int device, int ranks_per_replica) {
+  if (ranks_per_replica != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--backend cuda: the CUDA backend runs one rank per replica for now "
+                     "(tensor × pipeline parallel is ",
+                     ranks_per_replica, ", must be 1)"));
+  }
   if (!(gpu_memory_utilization > 0.0 && gpu_memory_utilization <= 1.0)) {
     return absl::InvalidArgumentError(
         absl::StrCat("--gpu_memory_utilization must be in (0, 1], got ", gpu_memory_utilization));

@@ -17,7 +17,8 @@ enum class BackendKind { kCpu, kCuda };
 absl::StatusOr<BackendKind> ParseBackendKind(std::string_view name);
 
 // INVALID_ARGUMENT naming the flag when --gpu_memory_utilization is outside (0, 1] or --device
-// is negative.
-absl::Status CheckCudaFlags(double gpu_memory_utilization, int device);
+// is negative, and saying so when a replica would have more than one rank (tensor × pipeline
+// parallel): the CUDA backend runs one rank per replica for now.
+absl::Status CheckCudaFlags(double gpu_memory_utilization, int device, int ranks_per_replica);
 
 }  // namespace reflect

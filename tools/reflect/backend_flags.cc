@@ -46,7 +46,8 @@ absl::StatusOr<cuda::CudaBackendOptions> CudaOptionsFromFlags(const BackendSizin
   options.block_size = sizing.block_size;
   options.max_tokens_per_step = sizing.max_tokens_per_step;
   options.max_sequences_per_step = sizing.max_sequences_per_step;
-  REFLECT_RETURN_IF_ERROR(CheckCudaFlags(options.gpu_memory_utilization, options.device));
+  REFLECT_RETURN_IF_ERROR(CheckCudaFlags(options.gpu_memory_utilization, options.device,
+                                         /*ranks_per_replica=*/1));
   return options;
 }
 

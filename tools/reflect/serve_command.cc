@@ -313,24 +313,28 @@ std::vector<std::string> BackendArguments(BackendKind backend, int index) {
 // The flags of every rank of replica `index` (rank 0 listens on `port`; the others ignore it).
 std::vector<std::string> WorkerArguments(const std::string& worker, const std::string& model,
                                          int port, int index, int threads,
-                                         const std::string& served_model_name) {
-  return {worker,
-          "--model",
-          model,
-          "--host",
-          "127.0.0.1",
-          "--port",
-          absl::StrCat(port),
-          "--replica_id",
-          absl::StrCat("replica-", index),
-          "--threads",
-          absl::StrCat(threads),
-          "--kv_cache_gib",
-          absl::StrCat(absl::GetFlag(FLAGS_kv_cache_gib)),
-          "--metrics_port",
-          absl::StrCat(FreeLoopbackPort()),
-          "--served_model_name",
-          served_model_name};
+                                         const std::string& served_model_name,
+                                         BackendKind backend) {
+  std::vector<std::string> arguments = {worker,
+                                        "--model",
+                                        model,
+                                        "--host",
+                                        "127.0.0.1",
+                                        "--port",
+                                        absl::StrCat(port),
+                                        "--replica_id",
+                                        absl::StrCat("replica-", index),
+                                        "--threads",
+                                        absl::StrCat(threads),
+                                        "--kv_cache_gib",
+                                        absl::StrCat(absl::GetFlag(FLAGS_kv_cache_gib)),
+                                        "--metrics_port",
+                                        absl::StrCat(FreeLoopbackPort()),
+                                        "--served_model_name",
+                                        served_model_name};
+  const std::vector<std::string> backend_arguments = BackendArguments(backend, index);
+  arguments.insert(arguments.end(), backend_arguments.begin(), backend_arguments.end());
+  return arguments;
 }
 
 int Run(const std::vector<char*>& positional) {
@@ -349,12 +353,8 @@ int Run(const std::vector<char*>& positional) {
   const absl::StatusOr<BackendKind> backend = ParseBackendKind(absl::GetFlag(FLAGS_backend));
   absl::Status backend_flags = backend.status();
   if (backend_flags.ok() && *backend == BackendKind::kCuda) {
-    backend_flags =
-        CheckCudaFlags(absl::GetFlag(FLAGS_gpu_memory_utilization), absl::GetFlag(FLAGS_device));
-    if (backend_flags.ok() && ranks > 1) {
-      backend_flags = absl::InvalidArgumentError(
-          "--backend cuda runs one rank per replica for now: --tp × --pp must be 1");
-    }
+    backend_flags = CheckCudaFlags(absl::GetFlag(FLAGS_gpu_memory_utilization),
+                                   absl::GetFlag(FLAGS_device), ranks);
   }
   if (!backend_flags.ok()) {
     std::fprintf(stderr, "reflect serve: %s\n", std::string(backend_flags.message()).c_str());
@@ -391,10 +391,8 @@ int Run(const std::vector<char*>& positional) {
                              : absl::StrCat("replica-", index, "-rank-", rank);
       child.group = ranks > 1 ? index : -1;
       child.rank = rank;
-      child.arguments = WorkerArguments(worker, model, port, index, threads, served_model_name);
-      const std::vector<std::string> backend_arguments = BackendArguments(*backend, index);
-      child.arguments.insert(child.arguments.end(), backend_arguments.begin(),
-                             backend_arguments.end());
+      child.arguments =
+          WorkerArguments(worker, model, port, index, threads, served_model_name, *backend);
       if (ranks > 1) {
         child.arguments.insert(
             child.arguments.end(),

@@ -1,7 +1,6 @@
 #include "worker/replica/backend_choice.h"
 
 #include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
 namespace reflect {
@@ -38,13 +37,7 @@ CpuBackendOptions CpuOptionsFor(const WorkerBackendFlags& flags, const ModelConf
 
 absl::StatusOr<cuda::CudaBackendOptions> CudaOptionsFor(const WorkerBackendFlags& flags,
                                                         const ModelConfig& model, int world_size) {
-  if (world_size != 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--backend cuda: the CUDA backend runs one rank per replica for now "
-                     "(--tensor_parallel × --pipeline_parallel is ",
-                     world_size, ", must be 1)"));
-  }
-  REFLECT_RETURN_IF_ERROR(CheckCudaFlags(flags.gpu_memory_utilization, flags.device));
+  REFLECT_RETURN_IF_ERROR(CheckCudaFlags(flags.gpu_memory_utilization, flags.device, world_size));
   cuda::CudaBackendOptions options;
   options.device = flags.device;
   options.gpu_memory_utilization = flags.gpu_memory_utilization;
